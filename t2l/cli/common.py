@@ -1,0 +1,197 @@
+"""What every subcommand shares: option types, error handling, console, progress, JSON output.
+
+The core (t2l/*) never imports this module: it raises T2LError and yields events; the CLI
+turns those into one-line errors, exit codes, Rich progress bars and JSON lines.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from t2l.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_RESOURCES, T2LError
+
+err_console = Console(stderr=True, highlight=False)
+_state = {"quiet": False, "verbose": False}
+
+# ---- shared option types (same names and env vars in every subcommand) -------------------------
+
+ClipModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--clip-model",
+        envvar="T2L_CLIP_MODEL",
+        help="open_clip model name, or a path to a JSON model config.",
+        rich_help_panel="CLIP",
+    ),
+]
+ClipWeightsOpt = Annotated[
+    str,
+    typer.Option(
+        "--clip-weights",
+        envvar="T2L_CLIP_WEIGHTS",
+        help="Pretrained tag (openai), a local .safetensors/.bin/.pt file, or hf-hub:ORG/REPO.",
+        rich_help_panel="CLIP",
+    ),
+]
+OfflineOpt = Annotated[
+    bool,
+    typer.Option(
+        "--offline",
+        envvar=["T2L_OFFLINE", "HF_HUB_OFFLINE"],
+        help="Never touch the network; use cached or local weights only.",
+        rich_help_panel="CLIP",
+    ),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", envvar="T2L_DEVICE", help="auto (cuda, then mps, then cpu), cpu, cuda or mps."),
+]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Random seed; drawn and recorded in run.json when omitted.")
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object per result on stdout (for scripts).")
+]
+
+DEFAULT_CLIP_MODEL = "ViT-B-32-quickgelu"
+DEFAULT_CLIP_WEIGHTS = "openai"
+
+
+# ---- logging / console -------------------------------------------------------------------------
+
+
+def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Rich logging on stderr. Must run before open_clip is imported (it adds a root handler)."""
+    from rich.logging import RichHandler
+
+    _state.update(quiet=quiet, verbose=verbose)
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
+    root = logging.getLogger()
+    root.handlers[:] = [RichHandler(console=err_console, show_time=False, show_path=False)]
+    root.setLevel(level)
+    logging.getLogger("t2l").setLevel(logging.DEBUG if verbose else logging.INFO if not quiet else logging.ERROR)
+
+
+def info(message: str) -> None:
+    """One line of status on stderr (suppressed by --quiet)."""
+    if not _state["quiet"]:
+        err_console.print(message)
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
+
+
+def emit_json(obj: dict[str, Any]) -> None:
+    """One JSON object on one line of stdout."""
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _rate_column_class():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """Steps per second (or seconds per step when slower than 1/s)."""
+
+        def render(self, task):
+            speed = task.speed
+            if not speed:
+                return Text("  -- it/s")
+            return Text(f"{speed:5.2f} it/s" if speed >= 1 else f"{1 / speed:5.1f} s/it")
+
+    return RateColumn
+
+
+def make_progress(transient: bool = False):
+    """A Rich progress bar on stderr: step, rate, ETA and a free-form `status` field.
+
+    When stderr is not a terminal Rich draws nothing until the end (no bar spam in logs).
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    _RateColumn = _rate_column_class()
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err_console,
+        transient=transient,
+        disable=_state["quiet"],
+    )
+
+
+# ---- errors ------------------------------------------------------------------------------------
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn T2LError, Ctrl-C, OOM and disk-full into one line on stderr and a documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except T2LError as e:
+            raise fail(str(e), e.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; finished outputs are kept, rerun with --resume to continue", EXIT_INTERRUPTED) from None
+        except MemoryError:
+            raise fail("out of memory; use a smaller --size or fewer --views", EXIT_RESOURCES) from None
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                where = f" writing {e.filename}" if e.filename else ""
+                raise fail(f"no space left on device{where}; free some space or choose another -o", EXIT_RESOURCES) from None
+            if os.environ.get("T2L_DEBUG"):
+                raise
+            raise fail(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}") from None
+        except Exception as e:  # noqa: BLE001
+            if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
+                raise fail("GPU out of memory; use a smaller --size or fewer --views, or --device cpu", EXIT_RESOURCES) from None
+            if os.environ.get("T2L_DEBUG"):
+                raise
+            raise fail(f"internal error: {type(e).__name__}: {e} (set T2L_DEBUG=1 for a traceback and please report it)") from None
+
+    return wrapper
+
+
+def check_output_dir(path: Path) -> Path:
+    """Create `path` (and parents) or fail with a one-line error naming it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".t2l-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise T2LError(f"cannot write to output folder {path}: {e.strerror or e}", "choose another -o") from None
+    return path
