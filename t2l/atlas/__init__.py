@@ -1,0 +1,1 @@
+"""Layered atlases for video: flow, masks, fitting, the atlas folder, rendering edits."""

@@ -1,0 +1,122 @@
+"""The atlas folder: save/load round trip, atlas.json index, and one-line errors for broken folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_render import H, T, W, translating_square_atlas
+
+from t2l.atlas.folder import FORMAT_VERSION, load_atlas, save_atlas
+from t2l.errors import InputError
+from t2l.video_io import read_video
+
+
+@pytest.fixture
+def saved(tmp_path):
+    data = translating_square_atlas()
+    rng = np.random.default_rng(0)
+    data.flow = {
+        "forward": rng.normal(size=(T - 1, H, W, 2)).astype(np.float16),
+        "backward": rng.normal(size=(T - 1, H, W, 2)).astype(np.float16),
+        "forward_valid": rng.random((T - 1, H, W)) > 0.5,
+        "backward_valid": rng.random((T - 1, H, W)) > 0.5,
+    }
+    import torch
+
+    data.model_state = {"state": {"w": torch.arange(6.0)}, "config": {"steps": 10}}
+    folder = tmp_path / "clip.atlas"
+    save_atlas(folder, data)
+    return folder, data
+
+
+def test_round_trip(saved):
+    folder, data = saved
+    back = load_atlas(folder)
+    np.testing.assert_array_equal(back.frames, data.frames)
+    assert [lay.name for lay in back.layers] == ["bg", "fg"]
+    for a, b in zip(back.layers, data.layers, strict=True):
+        np.testing.assert_array_equal(a.uv, b.uv)
+        np.testing.assert_array_equal(a.texture, b.texture)
+        assert a.uv_to_px == tuple(float(v) for v in b.uv_to_px)
+    np.testing.assert_array_equal(back.alpha, data.alpha)
+    np.testing.assert_array_equal(back.masks, data.masks)
+    for k, v in data.flow.items():
+        np.testing.assert_array_equal(back.flow[k], v)
+        assert back.flow[k].dtype == v.dtype
+    assert back.model_state["config"] == {"steps": 10} and back.model_state["state"]["w"].tolist() == list(
+        range(6)
+    )
+    assert back.psnr == data.psnr and back.meta == data.meta
+    assert back.info == data.info
+    np.testing.assert_array_equal(back.reconstruction, data.reconstruction)
+    light = load_atlas(folder, with_frames=False)
+    assert light.frames.shape == (0, H, W, 3) and light.layers[1].uv.shape == (T, H, W, 2)
+
+
+def test_folder_layout_and_index(saved):
+    folder, _ = saved
+    index = json.loads((folder / "atlas.json").read_text())
+    assert index["format_version"] == FORMAT_VERSION
+    assert (index["frames"], index["width"], index["height"], index["fps"]) == (T, W, H, "10/1")
+    assert [lay["texture"] for lay in index["layers"]] == ["layers/bg/atlas.png", "layers/fg/atlas.png"]
+    assert index["layers"][1]["texture_width"] == 16
+    for rel in (
+        "frames/00003.png",
+        "alpha/00003.png",
+        "masks/00000.png",
+        "reconstruction/00003.png",
+        "alpha.npy",
+        "flow.npz",
+        "model.pt",
+        "metrics.json",
+    ):
+        assert (folder / rel).is_file(), rel
+    assert json.loads((folder / "metrics.json").read_text())["psnr_mean"] == pytest.approx(41.5)
+    for name in ("reconstruction.mp4", "checkerboard.mp4"):
+        frames, info = read_video(folder / name)
+        assert frames.shape == (T, H, W, 3) and info.fps == 10
+    assert not list(folder.rglob(".*tmp*"))
+
+
+def test_single_layer_rewrite_removes_stale_files(saved):
+    folder, data = saved
+    data.layers, data.alpha, data.masks, data.flow, data.model_state = data.layers[:1], None, None, None, None
+    data.frames, data.reconstruction = data.frames[:2], data.reconstruction[:2]
+    data.layers[0].uv = data.layers[0].uv[:2]
+    data.psnr = data.psnr[:2]
+    save_atlas(folder, data)
+    back = load_atlas(folder)
+    assert [lay.name for lay in back.layers] == ["bg"] and back.alpha is None and back.flow is None
+    assert not (folder / "layers" / "fg").exists() and not (folder / "alpha.npy").exists()
+    assert sorted(p.name for p in (folder / "frames").iterdir()) == ["00000.png", "00001.png"]
+
+
+def test_errors_name_the_file_and_the_fix(saved, tmp_path):
+    folder, _ = saved
+    with pytest.raises(InputError, match=r"not an atlas folder.*t2l atlas"):
+        load_atlas(tmp_path)
+    (folder / "layers" / "fg" / "uv.npy").rename(folder / "uv.bak")
+    with pytest.raises(InputError, match=r"missing: .*layers/fg/uv.npy; re-run: t2l atlas"):
+        load_atlas(folder)
+    np.save(folder / "layers" / "fg" / "uv.npy", np.zeros((T, H, W - 1, 2), np.float32))
+    with pytest.raises(InputError, match=r"uv.npy has shape \[4, 48, 63, 2\], expected \[4, 48, 64, 2\]"):
+        load_atlas(folder)
+    (folder / "uv.bak").rename(folder / "layers" / "fg" / "uv.npy")
+    (folder / "frames" / "00002.png").unlink()
+    with pytest.raises(InputError, match="00002.png"):
+        load_atlas(folder)
+    load_atlas(folder, with_frames=False)
+    index = json.loads((folder / "atlas.json").read_text())
+    index["format_version"] = 99
+    (folder / "atlas.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match="format_version 99"):
+        load_atlas(folder)
+
+
+def test_save_rejects_inconsistent_data(tmp_path):
+    data = translating_square_atlas()
+    data.alpha = data.alpha[:, :10]
+    with pytest.raises(InputError, match="alpha is"):
+        save_atlas(tmp_path / "x", data)

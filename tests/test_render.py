@@ -1,0 +1,325 @@
+"""Rendering atlas edits (NLA Eq. 15/16) on a hand-built atlas of a square moving over a static background."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from t2l.atlas.folder import AtlasData, AtlasLayer
+from t2l.atlas.render import checkerboard_edit, render_edit, source_frames
+from t2l.errors import InputError
+from t2l.video_io import VideoInfo
+
+T, H, W = 4, 48, 64
+SQ, PAD = 12, 2  # square side (frame px) and its margin inside the 16x16 fg atlas
+X0, Y0, VX, VY = 8, 10, 4, 2  # square's top-left in frame 0 and its motion per frame (px)
+RED = (255, 0, 0)
+
+
+def square_position(t: int) -> tuple[int, int]:
+    return X0 + VX * t, Y0 + VY * t
+
+
+def translating_square_atlas(scale: int = 1, source_path: str = "synthetic") -> AtlasData:
+    """A 2-layer atlas whose mappings are exact: bg is static (uv = pixel), fg uv = pixel - motion.
+
+    bg atlas: the 48x64 background, uv_to_px (32, 32, 32, 32) so uv in [-1, 1).
+    fg atlas: 16x16, uv_to_px (1, 0, 1, 0) so uv is the atlas pixel coordinate itself.
+    """
+    rng = np.random.default_rng(0)
+    bg = rng.integers(0, 200, (H, W, 3), dtype=np.uint8)
+    obj = np.zeros((16, 16, 3), np.uint8)
+    obj[PAD : PAD + SQ, PAD : PAD + SQ] = rng.integers(100, 255, (SQ, SQ, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32) + 0.5  # pixel centres
+    frames, uv_fg, alpha = [], [], []
+    for t in range(T):
+        x, y = square_position(t)
+        f = bg.copy()
+        f[y : y + SQ, x : x + SQ] = obj[PAD : PAD + SQ, PAD : PAD + SQ]
+        frames.append(f)
+        uv_fg.append(np.stack([xx - x + PAD, yy - y + PAD], -1))
+        a = np.zeros((H, W), np.float32)
+        a[y : y + SQ, x : x + SQ] = 1.0
+        alpha.append(a)
+    uv_bg = np.broadcast_to(np.stack([xx / 32 - 1, yy / 32 - 1], -1), (T, H, W, 2)).astype(np.float32)
+    tex_bg = np.concatenate([bg, np.full((H, W, 1), 255, np.uint8)], -1)
+    tex_fg = np.concatenate([obj, np.zeros((16, 16, 1), np.uint8)], -1)
+    tex_fg[PAD : PAD + SQ, PAD : PAD + SQ, 3] = 255
+    frames = np.stack(frames)
+    info = VideoInfo(
+        path=source_path,
+        width=W * scale,
+        height=H * scale,
+        fps=Fraction(10),
+        rotation=0,
+        timestamps=tuple(t / 10 for t in range(T)),
+        is_folder=True,
+        frame_indices=tuple(range(T)),
+    )
+    return AtlasData(
+        frames=frames,
+        info=info,
+        layers=[
+            AtlasLayer("bg", uv_bg, tex_bg, (32, 32, 32, 32)),
+            AtlasLayer("fg", np.stack(uv_fg).astype(np.float32), tex_fg, (1, 0, 1, 0)),
+        ],
+        alpha=np.stack(alpha),
+        reconstruction=frames.copy(),
+        psnr=[40.0 + t for t in range(T)],
+        masks=np.stack(alpha) > 0.5,
+        flow=None,
+        model_state=None,
+        meta={"preset": "test"},
+    )
+
+
+def fg_patch_edit() -> np.ndarray:
+    """Transparent 16x16 fg edit with an opaque red 4x4 patch at atlas pixels [4, 8)."""
+    e = np.zeros((16, 16, 4), np.uint8)
+    e[..., :3] = (0, 255, 0)  # colour under alpha 0 must never show
+    e[4:8, 4:8] = (*RED, 255)
+    return e
+
+
+def test_blank_edit_reproduces_frames_exactly():
+    data = translating_square_atlas()
+    blank = {lay.name: np.zeros((*lay.texture.shape[:2], 4), np.uint8) for lay in data.layers}
+    blank["fg"][..., :3] = 255  # colour under zero alpha
+    out, layer = render_edit(data, blank)
+    np.testing.assert_array_equal(out, data.frames)
+    assert layer.shape == (T, H, W, 4) and not layer[..., 3].any()
+    out, _ = render_edit(data, {})
+    np.testing.assert_array_equal(out, data.frames)
+
+
+def test_painted_edit_moves_with_the_object():
+    data = translating_square_atlas()
+    out, layer = render_edit(data, {"fg": fg_patch_edit()})
+    for t in range(T):
+        x, y = square_position(t)
+        ys, xs = slice(y + 4 - PAD, y + 8 - PAD), slice(x + 4 - PAD, x + 8 - PAD)
+        assert (out[t, ys, xs] == RED).all(), t
+        assert (layer[t, ys, xs] == (*RED, 255)).all()
+        # everything else is the original frame, bit for bit (edge pixels of the patch blend)
+        keep = np.ones((H, W), bool)
+        keep[ys.start - 1 : ys.stop + 1, xs.start - 1 : xs.stop + 1] = False
+        np.testing.assert_array_equal(out[t][keep], data.frames[t][keep])
+        assert not layer[t][keep][:, 3].any()
+
+
+def test_bg_edit_is_hidden_behind_the_foreground():
+    data = translating_square_atlas()
+    edit = np.zeros((H, W, 4), np.uint8)
+    edit[..., :3], edit[..., 3] = (0, 0, 255), 128  # half-transparent blue over the whole bg atlas
+    out, layer = render_edit(data, {"bg": edit})
+    x, y = square_position(2)
+    np.testing.assert_array_equal(out[2, y : y + SQ, x : x + SQ], data.frames[2, y : y + SQ, x : x + SQ])
+    expect = np.round(
+        0.5019608 * np.array([0, 0, 255]) + (1 - 0.5019608) * data.frames[2, 0, 0].astype(float)
+    )
+    np.testing.assert_allclose(out[2, 0, 0], expect, atol=1)
+    assert layer[2, 0, 0, 3] == 128 and layer[2, y + 1, x + 1, 3] == 0
+
+
+def test_source_resolution_from_frame_folder(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    data = translating_square_atlas(scale=2, source_path=str(src))
+    for t, f in enumerate(data.frames):
+        Image.fromarray(f).resize((W * 2, H * 2), Image.NEAREST).save(src / f"{t:03d}.png")
+    big = np.stack(list(source_frames(data)))
+    assert big.shape == (T, H * 2, W * 2, 3)
+    out, _ = render_edit(data, {"fg": fg_patch_edit()}, frames=big)
+    x, y = square_position(3)
+    ys, xs = slice(2 * (y + 3), 2 * (y + 5)), slice(2 * (x + 3), 2 * (x + 5))
+    assert (out[3, ys, xs] == RED).all()
+    np.testing.assert_array_equal(out[3, :, : 2 * (x - 1)], big[3, :, : 2 * (x - 1)])
+
+
+def test_source_gone_says_use_working(tmp_path):
+    data = translating_square_atlas(scale=2, source_path=str(tmp_path / "gone.mp4"))
+    with pytest.raises(InputError, match="resolution working"):
+        next(source_frames(data))
+
+
+def test_edit_errors_name_expected_size():
+    data = translating_square_atlas()
+    with pytest.raises(InputError, match="expected 16x16"):
+        render_edit(data, {"fg": np.zeros((10, 16, 4), np.uint8)})
+    with pytest.raises(InputError, match="alpha"):
+        render_edit(data, {"fg": np.zeros((16, 16, 3), np.uint8)})
+
+
+def test_checkerboard_covers_the_atlas():
+    lay = translating_square_atlas().layers[0]
+    cb = checkerboard_edit(lay, cells=8)
+    assert cb.shape == (H, W, 4) and (cb[..., 3] == 255).all()
+    assert (cb[0, 0, :3] != cb[0, 8, :3]).any() and (cb[0, 0] == cb[0, 7]).all()  # 8 px cells on a 64 px side
+
+
+# ---- the CLI: t2l render DIR -o OUT ----------------------------------------------------------------
+
+
+@pytest.fixture
+def atlas_dir(tmp_path):
+    from t2l.atlas.folder import save_atlas
+
+    folder = tmp_path / "clip.atlas"
+    save_atlas(folder, translating_square_atlas())
+    return folder
+
+
+def _run(args):
+    from typer.testing import CliRunner
+
+    from t2l.cli import app
+
+    r = CliRunner().invoke(app, args)
+    assert "Traceback" not in r.stderr
+    return r
+
+
+def test_cli_renders_every_format(atlas_dir, tmp_path):
+    import json
+
+    from t2l.video_io import read_rgba_video, read_video
+
+    (atlas_dir / "edits").mkdir()
+    Image.fromarray(fg_patch_edit()).save(atlas_dir / "edits" / "fg.png")
+    out = tmp_path / "out" / "edit.mp4"
+    args = ["render", str(atlas_dir), "-o", str(out), "--frames", "--json"]
+    r = _run([*args, *[a for f in ("mp4", "prores", "webm", "png") for a in ("--format", f)]])
+    assert r.exit_code == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["edits"] == {"fg": str(atlas_dir / "edits" / "fg.png")} and result["frames"] == T
+    assert set(result["outputs"]) == {"mp4", "prores", "webm", "png"}
+    data = translating_square_atlas()
+    expected, layer = render_edit(data, {"fg": fg_patch_edit()})
+    video, info = read_video(out)
+    assert video.shape == (T, H, W, 3) and info.fps == 10
+    rgba, _ = read_rgba_video(out.with_suffix(".mov"))
+    assert np.abs(rgba[..., 3].astype(int) - layer[..., 3]).max() <= 2
+    rgba, _ = read_rgba_video(out.with_suffix(".webm"))
+    assert np.abs(rgba[..., 3].astype(int) - layer[..., 3]).max() <= 8
+    pngs = sorted((tmp_path / "out" / "edit").iterdir())
+    np.testing.assert_array_equal(np.stack([np.asarray(Image.open(p)) for p in pngs]), layer)
+    composited = sorted((tmp_path / "out" / "edit-frames").iterdir())
+    np.testing.assert_array_equal(np.stack([np.asarray(Image.open(p)) for p in composited]), expected)
+    # an existing output is kept unless --overwrite
+    r = _run(["render", str(atlas_dir), "-o", str(out)])
+    assert r.exit_code == 2 and "--overwrite" in r.stderr
+    assert (
+        _run(
+            ["render", str(atlas_dir), "-o", str(out), "--overwrite", "--bg", str(_blank_png(tmp_path))]
+        ).exit_code
+        == 0
+    )
+
+
+def _blank_png(tmp_path):
+    p = tmp_path / "blank_bg.png"
+    Image.fromarray(np.zeros((H, W, 4), np.uint8)).save(p)
+    return p
+
+
+def test_cli_errors(atlas_dir, tmp_path):
+    out = str(tmp_path / "o.mp4")
+    r = _run(["render", str(atlas_dir), "-o", out])
+    assert r.exit_code == 1 and "no edit to render" in r.stderr
+    wrong = tmp_path / "wrong.png"
+    Image.fromarray(np.zeros((20, 16, 4), np.uint8)).save(wrong)
+    r = _run(["render", str(atlas_dir), "-o", out, "--fg", str(wrong)])
+    assert r.exit_code == 1 and "expected 16x16" in r.stderr
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(wrong)
+    r = _run(["render", str(atlas_dir), "-o", out, "--fg", str(wrong)])
+    assert r.exit_code == 1 and "alpha" in r.stderr
+    Image.fromarray(fg_patch_edit()).save(wrong)
+    r = _run(["render", str(atlas_dir), "-o", str(tmp_path / "o.gif"), "--fg", str(wrong)])
+    assert r.exit_code == 2 and "cannot tell the format" in r.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = _run(["render", str(atlas_dir), "-o", str(blocker / "o.mp4"), "--fg", str(wrong)])
+    assert r.exit_code == 1 and "cannot write" in r.stderr
+    r = _run(["render", str(atlas_dir), "-o", out, "--fg", str(wrong), "--resolution", "source"])
+    assert r.exit_code == 1 and "--resolution working" in r.stderr  # the source 'synthetic' does not exist
+    r = _run(["render", str(tmp_path), "-o", out])
+    assert r.exit_code == 1 and "neither an atlas folder" in r.stderr
+    (atlas_dir / "alpha.npy").unlink()
+    r = _run(["render", str(atlas_dir), "-o", out, "--fg", str(wrong)])
+    assert r.exit_code == 1 and "alpha.npy" in r.stderr and "t2l atlas" in r.stderr
+
+
+def test_cli_dispatches_image_runs(tmp_path, monkeypatch):
+    """The image branch hands over to t2l.image_render (replaced here by a recorder)."""
+    import json
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("t2l.image_render")
+    fake.render_image_run = lambda run_dir, out, **kw: (
+        calls.append((run_dir, out, kw)) or {"written": str(out)}
+    )
+    monkeypatch.setitem(sys.modules, "t2l.image_render", fake)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"kind": "image"}))
+    r = _run(
+        ["render", str(run), "-o", str(tmp_path / "x.png"), "--size", "96", "--input", "a.jpg", "--json"]
+    )
+    assert r.exit_code == 0, r.stderr
+    assert calls == [(run, tmp_path / "x.png", {"input": Path("a.jpg"), "size": 96, "device": "auto"})]
+    assert json.loads(r.stdout)["kind"] == "image" and "wrote" in r.stderr
+
+
+def test_output_planning():
+    from t2l.cli.render import plan_outputs
+    from t2l.errors import UsageError
+
+    assert plan_outputs(Path("a/e.mov"), None) == {"prores": Path("a/e.mov")}
+    assert plan_outputs(Path("a/e"), None) == {"mp4": Path("a/e.mp4")}  # default mp4
+    assert plan_outputs(Path("a/e"), ["png"]) == {"png": Path("a/e")}
+    assert plan_outputs(Path("a/e"), ["webm"]) == {"webm": Path("a/e.webm")}
+    assert plan_outputs(Path("a/e.mp4"), ["mp4", "PNG", "prores"]) == {
+        "mp4": Path("a/e.mp4"),
+        "png": Path("a/e"),
+        "prores": Path("a/e.mov"),
+    }
+    with pytest.raises(UsageError, match="unknown --format 'gif'"):
+        plan_outputs(Path("e.mp4"), ["gif"])
+
+
+@pytest.mark.slow
+def test_cli_renders_a_real_image_run(tmp_path, tiny_clip_args):
+    """End to end with the real t2l.image_render: a 2-step tiny-CLIP run, rendered again on another image."""
+    import json
+
+    pytest.importorskip(
+        "t2l.image_render", reason="t2l.image_render (image-run rendering) is not in this build"
+    )
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(tmp_path / "b.png")
+    train = ["image", str(tmp_path / "a.png"), "fire", "--steps", "2", "--size", "129", "--views", "1"]
+    r = _run([*train, "-o", str(tmp_path / "run"), *tiny_clip_args])
+    assert r.exit_code == 0, r.stderr
+    r = _run(
+        [
+            "render",
+            str(tmp_path / "run"),
+            "-o",
+            str(tmp_path / "again"),
+            "--input",
+            str(tmp_path / "b.png"),
+            "--json",
+        ]
+    )
+    assert r.exit_code == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["kind"] == "image" and result["outputs"]
+    for p in result["outputs"].values():
+        assert Image.open(p).size == (90, 70)  # rendered at the new input's resolution

@@ -1,0 +1,201 @@
+"""Video decoding (rotation, VFR, folders, ranges, errors) and the four encoders, on clips written here."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from t2l import video_io
+from t2l.errors import InputError, UsageError
+from t2l.video_io import (
+    available_encoders,
+    read_rgba_video,
+    read_video,
+    require_encoder,
+    write_alpha_video,
+    write_mp4,
+    write_png_sequence,
+)
+
+
+def _marked_frames(t: int, h: int, w: int) -> np.ndarray:
+    """Grey frames with a white block in the top-left corner and a brightness ramp over time."""
+    frames = np.full((t, h, w, 3), 60, np.uint8)
+    frames[:, : h // 4, : w // 4] = 255
+    frames[..., 1] += np.arange(t, dtype=np.uint8)[:, None, None] * 10
+    return frames
+
+
+def _write_raw(path, frames, rate=Fraction(10), rotation=None, pts_ms=None):
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=rate)
+        s.height, s.width = frames.shape[1:3]
+        s.pix_fmt = "yuv420p"
+        if rotation is not None:
+            s.set_display_rotation(rotation)
+        if pts_ms is not None:
+            s.time_base = s.codec_context.time_base = Fraction(1, 1000)
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            if pts_ms is not None:
+                vf.pts, vf.time_base = pts_ms[i], Fraction(1, 1000)
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotation_is_applied(tmp_path, rotation):
+    frames = _marked_frames(3, 32, 64)
+    path = tmp_path / "rot.mp4"
+    _write_raw(path, frames, rotation=rotation)
+    out, info = read_video(path)
+    expected = np.rot90(frames[0], k=rotation // 90)  # counter-clockwise, as FFmpeg reports it
+    assert info.rotation == rotation % 360
+    assert out.shape[1:3] == expected.shape[:2]
+    assert (info.width, info.height) == (expected.shape[1], expected.shape[0])
+    bright = out[0, ..., 0] > 200
+    assert np.mean(bright == (expected[..., 0] > 200)) > 0.97
+
+
+def test_variable_frame_rate_timestamps(tmp_path):
+    pts = [0, 100, 150, 400, 450, 700]
+    path = tmp_path / "vfr.mp4"
+    _write_raw(path, _marked_frames(len(pts), 32, 48), pts_ms=pts)
+    frames, info = read_video(path)
+    assert len(frames) == len(pts)
+    np.testing.assert_allclose(info.timestamps, np.array(pts) / 1000, atol=2e-3)
+
+
+def test_odd_size_mp4_round_trip(tmp_path):
+    frames = _marked_frames(5, 33, 47)
+    path = tmp_path / "odd.mp4"
+    write_mp4(path, iter(frames), Fraction(30000, 1001), crf=12)
+    back, info = read_video(path)
+    assert back.shape == (5, 34, 48, 3)  # padded by one edge pixel to even sides
+    assert info.fps == Fraction(30000, 1001)
+    assert np.abs(back[:, :33, :47].astype(int) - frames).mean() < 3
+    assert info.frame_indices == (0, 1, 2, 3, 4)
+    head = path.read_bytes()
+    assert head.index(b"moov") < head.index(b"mdat")  # +faststart: playable while downloading
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic: no temporary left behind
+
+
+def test_range_stride_and_resize(tmp_path):
+    frames = _marked_frames(10, 40, 80)
+    path = tmp_path / "c.mp4"
+    write_mp4(path, frames, Fraction(10))
+    out, info = read_video(path, start=2, max_frames=3, stride=3, long_side=40)
+    assert out.shape == (3, 20, 40, 3)
+    assert info.frame_indices == (2, 5, 8)
+    assert (info.width, info.height) == (80, 40)  # the source size, before the resize
+    np.testing.assert_allclose(info.timestamps, [0.2, 0.5, 0.8], atol=1e-6)
+    assert abs(int(out[1, 15, 30, 1]) - (60 + 50)) <= 4  # frame 5's green ramp
+    with pytest.raises(InputError, match="no frames from frame 50"):
+        read_video(path, start=50)
+    with pytest.raises(UsageError):
+        read_video(path, stride=0)
+
+
+def test_folder_of_frames_natural_order(tmp_path):
+    d = tmp_path / "frames"
+    d.mkdir()
+    for n in (1, 2, 10):
+        Image.fromarray(np.full((12, 20, 3), n * 20, np.uint8)).save(d / f"f{n}.png")
+    (d / "notes.txt").write_text("ignored")
+    frames, info = read_video(d)
+    assert info.is_folder and frames.shape == (3, 12, 20, 3)
+    assert [int(f[0, 0, 0]) for f in frames] == [20, 40, 200]
+    assert info.fps == video_io.FOLDER_FPS
+    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(d / "f11.png")
+    with pytest.raises(InputError, match="f11.png is 20x10"):
+        read_video(d)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no images"):
+        read_video(empty)
+
+
+def test_bad_inputs(tmp_path):
+    import av
+
+    with pytest.raises(InputError, match="not found"):
+        read_video(tmp_path / "nope.mp4")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 255, 4000, dtype=np.uint8).tobytes())
+    with pytest.raises(InputError, match="junk.mp4"):
+        read_video(junk)
+    wav = tmp_path / "sound.wav"
+    with av.open(str(wav), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=8000)
+        f = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        f.sample_rate = 8000
+        for p in s.encode(f):
+            c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with pytest.raises(InputError, match="no video stream"):
+        read_video(wav)
+
+
+def _rgba_frames(t=4, h=30, w=42):
+    rng = np.random.default_rng(1)
+    f = np.zeros((t, h, w, 4), np.uint8)
+    f[..., :3] = rng.integers(0, 255, (1, h, w, 3))
+    f[..., 3] = np.linspace(0, 255, w).astype(np.uint8)[None, None, :]
+    f[:, : h // 2, : w // 2, 3] = 0
+    return f
+
+
+@pytest.mark.parametrize("kind,suffix,tol", [("prores", ".mov", 2), ("webm", ".webm", 4)])
+def test_alpha_videos_keep_alpha(tmp_path, kind, suffix, tol):
+    frames = _rgba_frames()
+    path = tmp_path / f"a{suffix}"
+    write_alpha_video(path, frames, Fraction(12), kind)
+    back, fps = read_rgba_video(path)
+    assert back.shape == frames.shape and fps == 12
+    assert np.abs(back[..., 3].astype(int) - frames[..., 3]).max() <= tol
+    rgb, info = read_video(path)  # the plain reader opens them too
+    assert rgb.shape == (4, 30, 42, 3) and info.fps == 12
+
+
+def test_png_sequence_straight_alpha(tmp_path):
+    frames = _rgba_frames(t=3)
+    paths = write_png_sequence(tmp_path / "seq", frames)
+    assert [p.name for p in paths] == ["00000.png", "00001.png", "00002.png"]
+    back = np.stack([np.asarray(Image.open(p)) for p in paths])
+    np.testing.assert_array_equal(back, frames)  # colour kept under alpha 0: straight, not premultiplied
+    rgb, _ = read_video(tmp_path / "seq")
+    assert rgb.shape == (3, 30, 42, 3)
+
+
+def test_missing_encoder_names_alternative(monkeypatch):
+    assert available_encoders() == {"mp4": True, "prores": True, "webm": True, "png": True}
+    monkeypatch.setattr(
+        video_io, "available_encoders", lambda: {"mp4": True, "prores": False, "webm": True, "png": True}
+    )
+    with pytest.raises(InputError, match=r"no prores_ks encoder.*--format png"):
+        require_encoder("prores")
+    with pytest.raises(UsageError, match="unknown video format"):
+        require_encoder("gif")
+
+
+def test_writer_leaves_nothing_on_error(tmp_path):
+    from t2l.video_io import VideoWriter
+
+    path = tmp_path / "x.mp4"
+    with pytest.raises(UsageError, match="frame 1 is 20x10"):
+        with VideoWriter(path, Fraction(24), "mp4") as w:
+            w.write(np.zeros((16, 16, 3), np.uint8))
+            w.write(np.zeros((10, 20, 3), np.uint8))
+    with pytest.raises(UsageError, match="no frames"):
+        write_mp4(path, [], Fraction(24))
+    with pytest.raises(UsageError, match=r"uint8 \[H, W, 4\]"):
+        write_alpha_video(path.with_suffix(".mov"), [np.zeros((8, 8, 3), np.uint8)], Fraction(24), "prores")
+    assert list(tmp_path.iterdir()) == []
