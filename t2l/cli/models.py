@@ -1,5 +1,210 @@
-"""t2l models subcommand."""
+"""`t2l models`: download, list and locate CLIP weights in the shared Hugging Face cache.
+
+torch and open_clip are imported inside the commands only (`t2l --help` stays fast).
+"""
 
 from __future__ import annotations
 
-from t2l.cli.app import app  # noqa: F401
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from t2l.cli.app import app
+from t2l.cli.common import (
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_CLIP_WEIGHTS,
+    JsonOpt,
+    emit_json,
+    err_console,
+    handle_errors,
+    info,
+    is_quiet,
+)
+
+models_app = typer.Typer(
+    name="models",
+    help="Download, list and locate CLIP weights (kept in the shared Hugging Face cache).",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+NameArg = Annotated[
+    str,
+    typer.Argument(help="open_clip model name (ViT-B-32-quickgelu), or hf-hub:ORG/REPO.", show_default=True),
+]
+WeightsOpt = Annotated[
+    str, typer.Option("--weights", help="Pretrained tag of that model (openai, laion400m_e32...).")
+]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="HF hub cache root (default: HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub).",
+    ),
+]
+
+# Files that mark a cached HF repo as holding open_clip weights.
+_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_config.json")
+
+
+@models_app.command("download")
+@handle_errors
+def download(
+    name: NameArg = DEFAULT_CLIP_MODEL,
+    weights: WeightsOpt = DEFAULT_CLIP_WEIGHTS,
+    cache_dir: CacheDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Download CLIP weights into the HF cache (nothing happens if they are there) and print the path."""
+    from t2l.clip.spec import ClipSpec
+    from t2l.clip.weights import resolve_weights
+
+    spec = _spec(name, weights, cache_dir, ClipSpec)
+    info(f"resolving {spec.model}/{spec.weights} ...")
+    r = resolve_weights(spec, download_progress=download_progress_class(), offline=False)
+    _print_result(r, json_out)
+
+
+@models_app.command("path")
+@handle_errors
+def path(
+    name: NameArg = DEFAULT_CLIP_MODEL,
+    weights: WeightsOpt = DEFAULT_CLIP_WEIGHTS,
+    cache_dir: CacheDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print the cached weights file of a model (never downloads; exit 3 if it is not cached)."""
+    from t2l.clip.spec import ClipSpec
+    from t2l.clip.weights import resolve_weights
+
+    r = resolve_weights(
+        _spec(name, weights, cache_dir, ClipSpec),
+        offline=True,
+        offline_reason="`t2l models path` never downloads",
+    )
+    _print_result(r, json_out)
+
+
+@models_app.command("list")
+@handle_errors
+def list_(cache_dir: CacheDirOpt = None, json_out: JsonOpt = False) -> None:
+    """List the CLIP weights in the HF cache: repo, file, size and path. Works with an empty cache."""
+    from t2l.cache import hf_hub_cache_dir
+
+    root = hf_hub_cache_dir(cache_dir)
+    rows = cached_clip_files(root)
+    if json_out:
+        for row in rows:
+            emit_json(row)
+        return
+    if not rows:
+        info(f"no CLIP weights cached in {root}; get the default ones with `t2l models download`")
+        return
+    info(f"CLIP weights in {root}:")
+    w_repo = max(len(r["repo"]) for r in rows)
+    w_file = max(len(r["file"]) for r in rows)
+    for row in rows:  # one plain line per file on stdout: readable, and greppable in a pipe
+        typer.echo(
+            f"{row['repo']:<{w_repo}}  {row['file']:<{w_file}}  {_human(row['size_bytes']):>9}  {row['path']}"
+        )
+
+
+def cached_clip_files(root: Path) -> list[dict]:
+    """One dict per open_clip file in the HF cache at `root` (newest revision per repo and file)."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        cache = scan_cache_dir(root)
+    except CacheNotFound:
+        return []
+    rows = []
+    for repo in sorted(cache.repos, key=lambda r: r.repo_id):
+        if repo.repo_type != "model":
+            continue
+        newest: dict[str, object] = {}
+        for rev in sorted(repo.revisions, key=lambda r: r.last_modified):
+            for f in rev.files:
+                if f.file_name in _CLIP_FILES:
+                    newest[f.file_name] = f
+        for name, f in sorted(newest.items()):
+            rows.append(
+                {"repo": repo.repo_id, "file": name, "size_bytes": f.size_on_disk, "path": str(f.file_path)}
+            )
+    return rows
+
+
+def download_progress_class():
+    """A tqdm subclass (what hf_hub_download's tqdm_class expects) drawn as a Rich bar on stderr.
+
+    Subclassing tqdm keeps its whole API (total, n, refresh, set_postfix...) that huggingface_hub's
+    xet downloads use; we only replace the drawing. Other subcommands pass it to
+    load_clip(..., download_progress=...). None under --quiet (huggingface_hub's default then).
+    """
+    if is_quiet():
+        return None
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from tqdm.std import tqdm
+
+    class RichDownloadBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs.pop("name", None)  # huggingface_hub's own tqdm takes it; plain tqdm does not
+            kwargs["gui"] = True  # tqdm keeps counting but does not print
+            kwargs["disable"] = False
+            super().__init__(*args, **kwargs)
+            self._rich = Progress(
+                TextColumn("[bold]download[/] {task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+            )
+            self._rich.start()
+            self._task = self._rich.add_task(self.desc or "", total=self.total, completed=self.n)
+
+        def display(self, *args, **kwargs):
+            if hasattr(self, "_task"):
+                self._rich.update(self._task, completed=self.n, total=self.total, description=self.desc or "")
+
+        def clear(self, *args, **kwargs):
+            pass
+
+        def close(self):
+            if hasattr(self, "_task") and not self.disable:
+                self.display()
+                self._rich.stop()
+            super().close()
+
+    return RichDownloadBar
+
+
+def _spec(name: str, weights: str, cache_dir: Path | None, ClipSpec):
+    if name.startswith("hf-hub:"):  # the repo carries config and weights
+        return ClipSpec(weights=name, cache_dir=str(cache_dir) if cache_dir else None)
+    return ClipSpec(model=name, weights=weights, cache_dir=str(cache_dir) if cache_dir else None)
+
+
+def _print_result(r, json_out: bool) -> None:
+    size = r.path.stat().st_size
+    if json_out:
+        emit_json({"model": r.model_name, "source": r.source, "path": str(r.path), "size_bytes": size})
+    else:
+        typer.echo(str(r.path))
+        info(f"{r.model_name}: {r.source} ({_human(size)})")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"

@@ -1,0 +1,282 @@
+"""Weights resolution: local files, the shared HF cache, offline mode, no network, QuickGELU."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2l.clip import ClipSpec
+from t2l.clip.model import load_clip
+from t2l.clip.weights import (
+    HUB_FILES,
+    build_model,
+    hub_location,
+    is_offline,
+    resolve_weights,
+)
+from t2l.errors import InputError, UsageError, WeightsUnavailable
+
+OPENAI_REPO = "timm/vit_base_patch32_clip_224.openai"
+
+
+def fake_hf_cache(root: Path, repo: str, files: dict[str, Path | bytes]) -> Path:
+    """Lay files out like huggingface_hub does: blobs/, snapshots/<commit>/ symlinks, refs/main."""
+    repo_dir = root / f"models--{repo.replace('/', '--')}"
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    snap = repo_dir / "snapshots" / commit
+    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
+    snap.mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs").mkdir(exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    for name, src in files.items():
+        data = src if isinstance(src, bytes) else Path(src).read_bytes()
+        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / name).unlink(missing_ok=True)
+        (snap / name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    return snap
+
+
+def no_network(monkeypatch):
+    """Any DNS lookup or socket connect fails at once, like a machine without network."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled by test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture
+def online_env(monkeypatch, tmp_path):
+    """Not offline (env and huggingface_hub's constant) and an empty HF cache in tmp."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "hf"
+
+
+def tiny_spec(tiny_clip_files, **kw) -> ClipSpec:
+    cfg, weights = tiny_clip_files
+    return ClipSpec(model=str(cfg), weights=str(weights), offline=True, **kw)
+
+
+def test_local_safetensors_loads_frozen_and_exact(tiny_clip_files):
+    import open_clip
+    from safetensors.torch import load_file
+
+    clip = load_clip(tiny_spec(tiny_clip_files))
+    assert clip.source == str(Path(tiny_clip_files[1]).resolve())
+    assert clip.model_name == str(tiny_clip_files[0])
+    assert not clip.training and all(not p.requires_grad for p in clip.parameters())
+    ref = load_file(str(tiny_clip_files[1]))
+    for k, v in clip.clip.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    assert isinstance(clip.clip.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+    assert clip.embed_dim == 32 and clip.patch_size == 16 and clip.native_size == 64
+
+
+def test_state_dict_bin_and_torchscript_load_the_same(tiny_clip_files, tmp_path):
+    cfg, weights = tiny_clip_files
+    ref = load_clip(tiny_spec(tiny_clip_files))
+    x = torch.rand(1, 3, 64, 64)
+    # a pickled state dict wrapped like training checkpoints ("state_dict", "module." prefix)
+    sd = {f"module.{k}": v for k, v in ref.clip.state_dict().items()}
+    torch.save({"state_dict": sd}, tmp_path / "ckpt.pth")
+    # OpenAI-style TorchScript archive
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(ref.clip), str(tmp_path / "ts.pt"))
+    for f in ("ckpt.pth", "ts.pt"):
+        clip = load_clip(ClipSpec(model=str(cfg), weights=str(tmp_path / f), offline=True))
+        assert torch.allclose(clip.encode_image(x), ref.encode_image(x), atol=1e-6), f
+
+
+def test_mismatched_or_broken_weights_name_the_file(tiny_clip_files, tmp_path):
+    cfg, weights = tiny_clip_files
+    other = json.loads(Path(cfg).read_text())
+    other["vision_cfg"] = {**other["vision_cfg"], "width": 128}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(InputError, match=r"do not fit model .*other\.json: .*wrong shape"):
+        load_clip(ClipSpec(model=str(tmp_path / "other.json"), weights=str(weights), offline=True))
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(InputError, match="broken.safetensors"):
+        load_clip(ClipSpec(model=str(cfg), weights=str(tmp_path / "broken.safetensors"), offline=True))
+    with pytest.raises(InputError, match="does not exist"):
+        load_clip(ClipSpec(model=str(cfg), weights=str(tmp_path / "missing.safetensors"), offline=True))
+    with pytest.raises(InputError, match="does not exist"):
+        load_clip(ClipSpec(model=str(tmp_path / "missing.json"), weights=str(weights), offline=True))
+
+
+def test_bad_names_and_tags_are_usage_errors(tiny_clip_files):
+    with pytest.raises(UsageError, match="unknown CLIP model 'ViT-Nope'"):
+        resolve_weights(ClipSpec(model="ViT-Nope", offline=True))
+    with pytest.raises(UsageError, match=r"nor a pretrained tag of ViT-B-32-quickgelu \(known tags: openai"):
+        resolve_weights(ClipSpec(weights="nope", offline=True))
+    with pytest.raises(UsageError, match="tags only work with open_clip model names"):
+        resolve_weights(ClipSpec(model=str(tiny_clip_files[0]), weights="openai", offline=True))
+
+
+def test_registry_location_of_the_default():
+    assert hub_location("ViT-B-32-quickgelu", "openai") == (OPENAI_REPO, HUB_FILES)
+    assert HUB_FILES == ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def test_default_model_is_quickgelu_from_the_shared_cache(monkeypatch, tmp_path):
+    """The default (and plain ViT-B-32 with the openai tag) must build QuickGELU, found in HF_HUB_CACHE."""
+    import open_clip
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    snap = fake_hf_cache(tmp_path / "hf", OPENAI_REPO, {"open_clip_model.safetensors": b"placeholder"})
+    for model in ("ViT-B-32-quickgelu", "ViT-B-32"):
+        r = resolve_weights(ClipSpec(model=model, weights="openai", offline=True))
+        assert r.path == snap / "open_clip_model.safetensors"
+        assert r.source == f"hf-hub:{OPENAI_REPO}@open_clip_model.safetensors"
+        assert r.model_cfg["quick_gelu"] is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # open_clip's QuickGELU mismatch warning would fail here
+        model = build_model(r.model_cfg)
+    acts = [
+        m for m in model.visual.modules() if isinstance(m, (torch.nn.GELU, open_clip.transformer.QuickGELU))
+    ]
+    assert len(acts) == 12 and all(isinstance(m, open_clip.transformer.QuickGELU) for m in acts)
+
+
+def test_bin_fallback_in_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    snap = fake_hf_cache(tmp_path / "hf", OPENAI_REPO, {"open_clip_pytorch_model.bin": b"x"})
+    r = resolve_weights(ClipSpec(offline=True))
+    assert r.path == snap / "open_clip_pytorch_model.bin" and r.source.endswith(
+        "@open_clip_pytorch_model.bin"
+    )
+
+
+def test_hf_hub_repo_with_config_loads_offline_from_cache(tiny_clip_files, monkeypatch, tmp_path):
+    cfg, weights = tiny_clip_files
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    hub_cfg = {
+        "model_cfg": json.loads(Path(cfg).read_text()),
+        "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.25] * 3},
+    }
+    fake_hf_cache(
+        tmp_path / "hf",
+        "someorg/tiny-clip",
+        {"open_clip_config.json": json.dumps(hub_cfg).encode(), "open_clip_model.safetensors": Path(weights)},
+    )
+    clip = load_clip(ClipSpec(weights="hf-hub:someorg/tiny-clip", offline=True))
+    assert clip.source == "hf-hub:someorg/tiny-clip@open_clip_model.safetensors"
+    assert torch.allclose(clip.mean.flatten(), torch.full((3,), 0.5))
+    assert clip.encode_text(["a cat"]).shape == (1, 32)
+
+
+def test_offline_empty_cache_fails_without_network(online_env, monkeypatch):
+    import t2l.clip.weights as w
+
+    def boom(*a, **k):
+        raise AssertionError("network touched in offline mode")
+
+    monkeypatch.setattr(w, "hub_reachable", boom)
+    with pytest.raises(WeightsUnavailable) as e:
+        load_clip(ClipSpec(offline=True))
+    msg = str(e.value)
+    assert "\n" not in msg and "offline mode" in msg and str(online_env) in msg
+    assert "t2l models download ViT-B-32-quickgelu" in msg and "--clip-weights" in msg
+
+
+def test_env_hf_hub_offline_means_offline(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert is_offline(ClipSpec())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert not is_offline(ClipSpec()) and is_offline(ClipSpec(offline=True))
+
+
+def test_no_network_empty_cache_fails_fast_with_one_line(online_env, monkeypatch):
+    no_network(monkeypatch)
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsUnavailable) as e:
+        load_clip(ClipSpec())
+    assert time.perf_counter() - t0 < 10
+    msg = str(e.value)
+    assert "\n" not in msg and "cannot be reached" in msg and OPENAI_REPO in msg and str(online_env) in msg
+    assert (
+        "`t2l models download ViT-B-32-quickgelu`" in msg
+        and "--clip-weights /path/to/file.safetensors" in msg
+    )
+    assert e.value.exit_code == 3
+
+
+def test_download_prefers_safetensors_then_falls_back_to_bin(online_env, monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    import t2l.clip.weights as w
+
+    calls = []
+
+    class Bar:  # stands in for the CLI's progress class; it must be passed through
+        pass
+
+    def fake_download(repo_id, filename, cache_dir=None, tqdm_class=None, **kw):
+        calls.append((repo_id, filename, cache_dir, tqdm_class))
+        if filename.endswith(".safetensors"):
+            raise EntryNotFoundError("no such file")
+        out = tmp_path / filename
+        out.write_bytes(b"x")
+        return str(out)
+
+    monkeypatch.setattr(w, "hub_reachable", lambda timeout=0: True)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    r = resolve_weights(ClipSpec(), download_progress=Bar)
+    assert [c[1] for c in calls] == list(HUB_FILES)
+    assert all(c[0] == OPENAI_REPO and c[2] == str(online_env) and c[3] is Bar for c in calls)
+    assert r.source == f"hf-hub:{OPENAI_REPO}@open_clip_pytorch_model.bin"
+
+
+def test_cache_dir_in_spec_wins(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    snap = fake_hf_cache(tmp_path / "mine", OPENAI_REPO, {"open_clip_model.safetensors": b"x"})
+    r = resolve_weights(ClipSpec(offline=True, cache_dir=str(tmp_path / "mine")))
+    assert r.path == snap / "open_clip_model.safetensors"
+    shutil.rmtree(tmp_path / "mine")
+    with pytest.raises(WeightsUnavailable):
+        resolve_weights(ClipSpec(offline=True, cache_dir=str(tmp_path / "mine")))
+
+
+def test_hub_probe_gives_up_on_a_hanging_lookup(monkeypatch):
+    import threading
+
+    import huggingface_hub.utils
+
+    from t2l.clip.weights import hub_reachable
+
+    release = threading.Event()
+
+    class Hanging:
+        def head(self, url, timeout=None):
+            release.wait(30)  # like a DNS lookup that never answers (no socket timeout covers it)
+
+    class Answering:
+        def head(self, url, timeout=None):
+            return None
+
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", lambda: Hanging())
+    t0 = time.perf_counter()
+    assert hub_reachable(timeout=0.3) is False
+    assert time.perf_counter() - t0 < 2
+    release.set()
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", lambda: Answering())
+    assert hub_reachable(timeout=2) is True
