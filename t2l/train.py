@@ -1,0 +1,274 @@
+"""The training loop shared by images and videos: sample examples, run the generator, CLIP losses, step.
+
+The caller supplies a `sample(step, rng) -> list[Example]` callable (image: one augmented crop, plus
+the full image every 75 steps; video: atlas crops warped into frames) and consumes the yielded
+`StepEvent`s (the core never prints). Cost per example and step, by design:
+  * ONE batch of CLIP views with gradients: the composite's and the green-screen's views together
+    (2V images); the composition and directional terms share the composite's views;
+  * E(in) of the directional term: drawn from a bank of input-view embeddings encoded once (images),
+    or one no-grad batch of the input's views with the output's geometry (when no bank is given);
+  * two single-image structure passes (the input's without grad);
+  * no relevancy pass: the ROI prior is computed once by the caller and cropped with each example;
+  * text embeddings computed once, before the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from t2l.augment import ViewConfig, render_views, sample_views
+from t2l.losses import (
+    LossWeights,
+    bootstrap_loss,
+    bootstrap_weight,
+    composite,
+    directional_loss,
+    greenscreen,
+    sparsity_terms,
+    structure_loss,
+    text_distance_loss,
+)
+from t2l.prompts import PromptSet
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000  # optimisation steps (video: 3000)
+    lr: float = 2.5e-3  # MADGRAD initial learning rate
+    momentum: float = 0.9
+    weight_decay: float = 0.01
+    gamma: float = 0.99  # lr <- max(min_lr, gamma * lr) after every step (video: 0.999)
+    min_lr: float = 1e-5
+    weights: LossWeights = field(default_factory=LossWeights)
+    views: ViewConfig = field(default_factory=ViewConfig)
+    anneal_bootstrap: bool = True  # images: bootstrap weight linearly to 0 over the run; video: constant
+    structure_short: int = 224  # structure features: shorter side of the resized image
+    structure_long_max: int = 380  # ... and the cap on its longer side
+    snapshot_every: int = 0  # flag every N-th step as a snapshot step (0: never)
+    precision: str = "fp32"  # fp32 | bf16 (CUDA only: autocast for CLIP and generator) | tf32 (CUDA matmuls)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Example:
+    """One training example: the generator's edit composited over `background`.
+
+    background: [1,3,h,w] RGB in [0,1], what the composite is made over (and E(in), structure source).
+    gen_input: [1,3,H,W] generator input; None = background.
+    warp: maps the generator's RGBA [1,4,H,W] to the background's frame [1,4,h,w]; None = identity.
+    relevancy: [1,1,h,w] ROI prior in [0,1] for the bootstrap term, or None.
+    input_bank: [K,D] precomputed CLIP embeddings of views of the input (E(in) of the directional
+        term); each step draws n of them. None = encode n views of `background` now (no grad).
+    """
+
+    background: torch.Tensor
+    gen_input: torch.Tensor | None = None
+    warp: Callable[[torch.Tensor], torch.Tensor] | None = None
+    relevancy: torch.Tensor | None = None
+    input_bank: torch.Tensor | None = None
+
+
+@dataclass
+class StepEvent:
+    step: int  # 1-based count of finished steps
+    steps: int
+    loss: float  # total weighted loss of this step
+    losses: dict[str, float]  # unweighted terms, averaged over the step's examples
+    lr: float  # learning rate used for this step
+    seconds: float  # wall time of this step
+    snapshot: bool  # a snapshot step (cfg.snapshot_every)
+
+
+@dataclass
+class TextBank:
+    """Text embeddings [N,D], computed once. comp[i] pairs with src[i]."""
+
+    comp: torch.Tensor
+    src: torch.Tensor
+    screen: torch.Tensor
+
+    @classmethod
+    def from_prompts(cls, clip, prompts: PromptSet) -> TextBank:
+        with torch.no_grad():
+            return cls(
+                clip.encode_text(prompts.comp_texts()).float(),
+                clip.encode_text(prompts.src_texts()).float(),
+                clip.encode_text(prompts.screen_texts()).float(),
+            )
+
+
+def _draw(rng: torch.Generator, k: int) -> torch.Tensor:
+    """A random number n in [1, k] of indices in [0, k), with replacement."""
+    n = int(torch.randint(1, k + 1, (1,), generator=rng))
+    return torch.randint(0, k, (n,), generator=rng)
+
+
+@torch.no_grad()
+def encode_view_bank(
+    clip, x: torch.Tensor, cfg: ViewConfig, count: int, rng: torch.Generator
+) -> torch.Tensor:
+    """Embeddings [count,D] of `count` random views of x [1,3,H,W] (no grad), encoded cfg.n at a time."""
+    out = []
+    while sum(len(o) for o in out) < count:
+        vp = sample_views(rng, x.shape[-2], x.shape[-1], cfg)
+        out.append(clip.encode_image(render_views(x, vp, cfg.fill)).float())
+    return torch.cat(out)[:count]
+
+
+def structure_resize(x: torch.Tensor, short: int, long_max: int) -> torch.Tensor:
+    """Resize [B,C,H,W] so the shorter side is `short` and the longer at most `long_max`."""
+    H, W = x.shape[-2:]
+    s = short / min(H, W)
+    h, w = min(long_max, round(H * s)), min(long_max, round(W * s))
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+
+
+class Trainer:
+    """Owns the generator, optimizer, RNG and step count; `run()` yields one StepEvent per step.
+
+    `state_dict()` / `load_state_dict()` capture everything needed for an exact resume: generator,
+    optimizer, learning rate, step and the RNG state at the start of the unfinished step.
+    """
+
+    def __init__(self, generator, clip, texts: TextBank, sample, cfg: TrainConfig, rng: torch.Generator):
+        from madgrad import MADGRAD
+
+        self.generator, self.clip, self.texts, self.sample, self.cfg, self.rng = (
+            generator,
+            clip,
+            texts,
+            sample,
+            cfg,
+            rng,
+        )
+        self.device = next(generator.parameters()).device
+        self.text_dirs = texts.comp - texts.src  # K, D
+        self.opt = MADGRAD(
+            generator.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        self.step = 0
+        self.lr = cfg.lr
+        self._rng_at_step = rng.get_state()
+
+    # ---- checkpointing ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "generator": self.generator.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "step": self.step,
+            "lr": self.lr,
+            "rng": self._rng_at_step.clone(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.lr = int(state["step"]), float(state["lr"])
+        self.rng.set_state(state["rng"])
+        self._rng_at_step = state["rng"].clone()
+        torch.set_rng_state(state["torch_rng"])
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr
+
+    # ---- one step -----------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.cfg.precision == "bf16" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _example_loss(self, ex: Example, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, w, clip, rng = self.cfg, self.cfg.weights, self.clip, self.rng
+        with self._autocast():
+            rgba = self.generator(ex.gen_input if ex.gen_input is not None else ex.background)  # 1, 4, H, W
+            if ex.warp is not None:
+                rgba = ex.warp(rgba)  # 1, 4, h, w
+            rgba = rgba.float()
+            bg = ex.background
+            comp = composite(rgba, bg)  # 1, 3, h, w
+            screen = greenscreen(rgba)
+            vp = sample_views(rng, bg.shape[-2], bg.shape[-1], cfg.views)
+            V = cfg.views.n
+            emb = clip.encode_image(
+                render_views(torch.cat([comp, screen]), vp, cfg.views.fill)
+            ).float()  # 2V, D
+            e_comp, e_screen = emb[:V], emb[V:]
+            with torch.no_grad():
+                if ex.input_bank is not None:  # independent input views, encoded once before training
+                    e_in = ex.input_bank[torch.randint(0, len(ex.input_bank), (V,), generator=rng)]  # V, D
+                else:  # the input's views with the same geometry as the output's
+                    e_in = clip.encode_image(render_views(bg, vp, cfg.views.fill)).float()  # V, D
+                ss_in = clip.self_similarity(
+                    structure_resize(bg, cfg.structure_short, cfg.structure_long_max)
+                )
+            ss_out = clip.self_similarity(structure_resize(comp, cfg.structure_short, cfg.structure_long_max))
+        t = self.texts
+        l_text = text_distance_loss(e_comp, t.comp[_draw(rng, len(t.comp))])
+        l_dir = directional_loss(e_comp, e_in, self.text_dirs[_draw(rng, len(self.text_dirs))])
+        l_screen = text_distance_loss(e_screen, t.screen[_draw(rng, len(t.screen))])
+        l_struct = structure_loss(ss_out.float(), ss_in.float())
+        alpha = rgba[:, 3:4]
+        l0, l1 = sparsity_terms(alpha)
+        loss = (
+            w.comp * (l_text + l_dir)
+            + w.screen * l_screen
+            + w.structure * l_struct
+            + w.sparsity * (w.l0 * l0 + w.l1 * l1)
+        )
+        terms = {"comp": l_text, "dir": l_dir, "screen": l_screen, "structure": l_struct, "l0": l0, "l1": l1}
+        bw = bootstrap_weight(step, cfg.steps, w.bootstrap, cfg.anneal_bootstrap)
+        if ex.relevancy is not None and bw > 0:
+            l_boot = bootstrap_loss(alpha, ex.relevancy.to(alpha))
+            loss = loss + bw * l_boot
+            terms["bootstrap"] = l_boot
+        return loss, {k: float(v.detach()) for k, v in terms.items()}
+
+    def train_step(self) -> StepEvent:
+        t0 = time.perf_counter()
+        self._rng_at_step = self.rng.get_state()
+        step = self.step
+        self.generator.train()  # BatchNorm in training mode, always
+        self.opt.zero_grad(set_to_none=True)
+        examples = self.sample(step, self.rng)
+        total, sums = 0.0, {}
+        for ex in examples:  # backward per example: only one graph alive at a time
+            loss, terms = self._example_loss(ex, step)
+            (loss / len(examples)).backward()
+            total += float(loss.detach()) / len(examples)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v / len(examples)
+        if not math.isfinite(total):
+            raise FloatingPointError(f"loss became {total} at step {step + 1}")
+        lr = self.lr
+        self.opt.step()
+        self.step += 1
+        self.lr = max(self.cfg.min_lr, self.cfg.gamma * self.lr)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr
+        self._rng_at_step = self.rng.get_state()
+        every = self.cfg.snapshot_every
+        return StepEvent(
+            self.step,
+            self.cfg.steps,
+            total,
+            sums,
+            lr,
+            time.perf_counter() - t0,
+            bool(every and self.step % every == 0),
+        )
+
+    def run(self) -> Iterator[StepEvent]:
+        """Train from the current step to cfg.steps, yielding after each step."""
+        while self.step < self.cfg.steps:
+            yield self.train_step()

@@ -1,0 +1,109 @@
+"""One battery per loss term: shape, a hand-computed value, gradients flow, reduction over views."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from t2l.losses import (
+    GREEN,
+    bootstrap_loss,
+    bootstrap_weight,
+    composite,
+    directional_loss,
+    greenscreen,
+    sparsity_terms,
+    spherical_distance,
+    structure_loss,
+    text_distance_loss,
+)
+
+
+def test_spherical_distance_known_values_and_scale_invariance():
+    x = torch.tensor([[1.0, 0.0], [3.0, 0.0], [1.0, 0.0]])
+    y = torch.tensor([[0.0, 1.0], [0.0, 0.5], [2.0, 0.0]])
+    d = spherical_distance(x, y)
+    assert d.shape == (3,)
+    # orthogonal: |x^ - y^| = sqrt(2) -> 2 * (pi/4)^2; scale does not matter; identical direction -> 0
+    assert d[0].item() == pytest.approx(math.pi**2 / 8, abs=1e-6)
+    assert d[1].item() == pytest.approx(math.pi**2 / 8, abs=1e-6)
+    assert d[2].item() == pytest.approx(0.0, abs=1e-3)
+    # opposite vectors: the maximum pi^2/2
+    assert spherical_distance(torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.0])).item() == pytest.approx(
+        math.pi**2 / 2, abs=1e-5
+    )
+
+
+def test_text_distance_loss_averages_views_and_targets():
+    views = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)  # V=2
+    targets = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # K=3 (with a repeat)
+    loss = text_distance_loss(views, targets)
+    # pairs: v0: 0, 0, pi^2/8 ; v1: pi^2/8, pi^2/8, 0  -> mean = 3/6 * pi^2/8
+    assert loss.shape == ()
+    assert loss.item() == pytest.approx(0.5 * math.pi**2 / 8, abs=1e-3)
+    views2 = torch.tensor([[0.3, 1.0], [1.0, 0.2]], requires_grad=True)
+    text_distance_loss(views2, targets).backward()
+    assert views2.grad is not None and views2.grad.abs().sum() > 0
+
+
+def test_directional_loss_known_values():
+    out = torch.tensor([[2.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    inp = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    dirs = torch.tensor([[1.0, 0.0]])
+    # view 0: out-in = (1,0) -> 1 - 1 = 0; view 1: (0,1) -> 1 - 0 = 1; mean 0.5
+    loss = directional_loss(out, inp, dirs)
+    assert loss.item() == pytest.approx(0.5, abs=1e-6)
+    loss.backward()
+    assert out.grad.abs().sum() > 0
+    # two directions: mean over views x directions
+    dirs2 = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    assert directional_loss(out.detach(), inp, dirs2).item() == pytest.approx((0 + 2 + 1 + 1) / 4, abs=1e-6)
+
+
+def test_structure_loss_mse_and_constant_input():
+    ss_out = torch.zeros(1, 3, 3, requires_grad=True)
+    ss_in = torch.full((1, 3, 3), 0.5, requires_grad=True)
+    loss = structure_loss(ss_out, ss_in)
+    assert loss.item() == pytest.approx(0.25)
+    loss.backward()
+    assert ss_out.grad.abs().sum() > 0
+    assert ss_in.grad is None  # the input's matrix is a constant
+
+
+def test_sparsity_terms_known_values_and_grad():
+    l0, l1 = sparsity_terms(torch.zeros(1, 1, 4, 4))
+    assert l0.item() == pytest.approx(0.0) and l1.item() == pytest.approx(0.0)
+    l0, l1 = sparsity_terms(torch.ones(1, 1, 4, 4))
+    assert l0.item() == pytest.approx(2 / (1 + math.exp(-5)) - 1, abs=1e-6)
+    assert l1.item() == pytest.approx(1.0)
+    a = torch.full((1, 1, 4, 4), 0.5, requires_grad=True)
+    l0, l1 = sparsity_terms(a)
+    (l0 + l1).backward()
+    assert (a.grad > 0).all()
+
+
+def test_bootstrap_loss_and_weight():
+    rel = torch.rand(1, 1, 40, 30)
+    assert bootstrap_loss(rel.clone(), rel, size=224).item() == pytest.approx(0.0, abs=1e-9)
+    a = torch.zeros(1, 1, 20, 20, requires_grad=True)
+    loss = bootstrap_loss(a, torch.ones(1, 1, 50, 50), size=32)
+    assert loss.item() == pytest.approx(1.0)
+    loss.backward()
+    assert (a.grad < 0).all()
+    assert bootstrap_weight(0, 10, 10.0) == pytest.approx(9.0)
+    assert bootstrap_weight(9, 10, 10.0) == pytest.approx(0.0)
+    assert bootstrap_weight(9, 10, 10.0, anneal=False) == 10.0
+
+
+def test_composite_and_greenscreen_values():
+    rgba = torch.tensor([1.0, 0.0, 0.0, 0.25]).view(1, 4, 1, 1).expand(2, 4, 3, 3).clone().requires_grad_()
+    bg = torch.zeros(2, 3, 3, 3)
+    c = composite(rgba, bg)
+    assert c.shape == (2, 3, 3, 3)
+    assert torch.allclose(c[:, 0], torch.full((2, 3, 3), 0.25))
+    g = greenscreen(rgba)
+    assert torch.allclose(g[0, :, 0, 0], torch.tensor([0.25, 0.75 * GREEN[1], 0.75 * GREEN[2]]))
+    (c.sum() + g.sum()).backward()
+    assert rgba.grad.abs().sum() > 0
