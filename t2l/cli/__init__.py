@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from t2l.cli.app import app
-
 # Importing these registers their commands; they import torch only inside the command bodies.
 from t2l.cli import atlas, image, models, render  # noqa: E402,F401
+from t2l.cli.app import app
 
 
 def main() -> None:

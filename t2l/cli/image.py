@@ -195,12 +195,22 @@ def image(
         info(note)
     if seed is not None:
         torch.manual_seed(seed)
-    clip = load_clip(ClipSpec(clip_model, clip_weights, offline), dev)
+    from t2l.cli.models import download_progress_class
+
+    clip = None  # loaded on first use: a batch whose outputs are all finished never loads CLIP
+
+    def get_clip():
+        nonlocal clip
+        if clip is None:
+            clip = load_clip(ClipSpec(clip_model, clip_weights, offline), dev, download_progress_class())
+        return clip
 
     failed = 0
     for path, out in zip(images, outs, strict=True):
         try:
-            result = _run_one(path, out, prompts, cfg, clip, dev, seed, resume, overwrite, show_roi, json_out)
+            result = _run_one(
+                path, out, prompts, cfg, get_clip, dev, seed, resume, overwrite, show_roi, json_out
+            )
         except (Interrupted, ResourceError, WeightsUnavailable):
             raise  # these stop the whole batch
         except T2LError as e:  # this input failed; carry on with the others
@@ -215,8 +225,9 @@ def image(
         raise typer.Exit(1)
 
 
-def _run_one(path, out, prompts, cfg, clip, dev, seed, resume, overwrite, show_roi, json_out) -> dict:
+def _run_one(path, out, prompts, cfg, get_clip, dev, seed, resume, overwrite, show_roi, json_out) -> dict:
     from t2l.image import ImageRun, output_state
+    from t2l.imageio import read_image
 
     state = output_state(out) if out.exists() else "empty"
     if not show_roi:
@@ -227,9 +238,10 @@ def _run_one(path, out, prompts, cfg, clip, dev, seed, resume, overwrite, show_r
             raise InputError(
                 f"{out} holds an unfinished run", "add --resume to continue it or --overwrite to restart"
             )
+    read_image(path)  # fail on a bad input before loading CLIP (seconds) for it
     check_output_dir(out)
     run = ImageRun.prepare(
-        path, prompts, cfg, clip, dev, out, seed=seed, resume=resume and state == "partial"
+        path, prompts, cfg, get_clip(), dev, out, seed=seed, resume=resume and state == "partial"
     )
     for n in run.notes:
         info(n)

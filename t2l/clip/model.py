@@ -149,10 +149,17 @@ class ClipBackbone(nn.Module):
         """RGB in [0,1], B, 3, H, W -> B, 1 + rows*cols, C tokens entering the first block."""
         self._check_images(x)
         v = self.visual
-        x = (x - self.mean) / self.std
-        x = v.conv1(x.to(v.conv1.weight.dtype))  # B, C, rows, cols
-        rows, cols = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)  # B, rows*cols, C  (row-major, like the table)
+        x = ((x - self.mean) / self.std).to(v.conv1.weight.dtype)
+        # Patchify as reshape + one matmul: same result as the stride-p conv1 (which has no bias), but its
+        # backward to the input is ~5x cheaper on CPU than the strided convolution's.
+        b, c, h, w = x.shape
+        p = self.patch_size
+        rows, cols = h // p, w // p
+        x = x[:, :, : rows * p, : cols * p].reshape(b, c, rows, p, cols, p)
+        x = x.permute(0, 2, 4, 1, 3, 5).reshape(b, rows * cols, c * p * p)  # B, rows*cols, 3*p*p (row-major)
+        x = x @ v.conv1.weight.reshape(v.conv1.weight.shape[0], -1).t()  # B, rows*cols, C
+        if v.conv1.bias is not None:
+            x = x + v.conv1.bias
         cls_tok = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
         x = torch.cat([cls_tok, x], dim=1) + self.pos_embed(rows, cols).to(x.dtype)  # B, T, C
         x = v.patch_dropout(x)
