@@ -229,7 +229,7 @@ class ImageRun:
         return self.relevancy
 
     def write_roi(self) -> Path:
-        """roi.png: the ROI relevancy map as a heatmap over the working-size input."""
+        """roi.png: the ROI relevancy map as a heatmap over the input, at its original resolution."""
         from PIL import Image
 
         from t2l.clip.relevancy import heatmap_overlay
@@ -237,8 +237,11 @@ class ImageRun:
         rel = self.compute_relevancy()
         if rel is None:
             raise UsageError("--show-roi needs --roi TEXT", "add e.g. --roi 'the cake'")
-        base = Image.fromarray(to_uint8(self.work))
-        overlay = heatmap_overlay(base, rel[0, 0].cpu().numpy())
+        h0, w0 = self.original.shape[:2]
+        rel = F.interpolate(
+            rel[:1].float(), size=(h0, w0), mode="bilinear", align_corners=False
+        )  # 1, 1, H0, W0
+        overlay = heatmap_overlay(Image.fromarray(self.original), rel[0, 0].clamp(0, 1).cpu().numpy())
         path = self.out_dir / "roi.png"
         save_png(np.asarray(overlay.convert("RGB")), path)
         return path
@@ -338,7 +341,11 @@ class ImageRun:
         return path
 
     def finish(self) -> dict:
-        """Write the outputs, generator.pt, checkpoint.pt and (last) run.json; return the summary."""
+        """Write the outputs, generator.pt and (last) run.json; return the summary.
+
+        The resume checkpoint (generator + optimizer, ~4x generator.pt) is deleted once run.json says
+        done: a finished run never needs it, and batch runs over many photos would keep gigabytes.
+        """
         t0 = time.perf_counter()
         layer = self.render_layer()
         out = self.out_dir
@@ -362,11 +369,12 @@ class ImageRun:
             out / "generator.pt",
         )
         paths["generator"] = out / "generator.pt"
-        paths["checkpoint"] = self.save_checkpoint()
         if (out / "roi.png").exists():
             paths["roi"] = out / "roi.png"
         self.timings["outputs_s"] = time.perf_counter() - t0
-        return self._write_run_json("done", paths)
+        summary = self._write_run_json("done", paths)
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+        return summary
 
     def _write_run_json(self, status: str, paths: dict) -> dict:
         ev = self.last_event

@@ -22,7 +22,7 @@ from t2l.errors import (
     UsageError,
     WeightsUnavailable,
 )
-from t2l.files import atomic_path, write_json_atomic
+from t2l.files import _umask, atomic_path, write_json_atomic
 
 runner = CliRunner()
 
@@ -84,4 +84,5 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
         assert tmp.suffix == ".png" and tmp.parent == target.parent
         tmp.write_bytes(b"full")
     assert target.read_bytes() == b"full"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's 0600
     assert sorted(p.name for p in target.parent.iterdir()) == ["edit.json", "edit.png"]

@@ -86,7 +86,7 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
 def info(message: str) -> None:
     """One line of status on stderr (suppressed by --quiet)."""
     if not _state["quiet"]:
-        err_console.print(message)
+        err_console.print(message, soft_wrap=True)
 
 
 def is_quiet() -> bool:
