@@ -1,0 +1,479 @@
+"""Fit a layered atlas to a clip: initialise from flow and masks, then optimise NLA-style losses.
+
+Initialisation does most of the work in seconds: the camera motion (RANSAC homographies on the
+trusted flow outside the masks) is chained into a background mapping, the object's own motion
+(similarities on the flow inside the masks) into a foreground mapping, and the textures start as
+the average of the frames splatted into each atlas. The optimisation then refines textures,
+mappings, displacement grids and the opacity on whole frames, a few random consecutive frame pairs
+per step, with NLA's losses (reconstruction, image gradients, mask bootstrap, sparsity, flow
+consistency of both layers and of the opacity, rigidity of the displacement grids).
+
+Long clips: per-frame parameters are 8 + 2*gh*gw numbers and each step touches only `pairs` pairs
+of frames, so memory beyond the frames themselves does not grow with T and the step time is
+constant; more frames need proportionally more steps to be visited equally often.
+
+Example:
+    >>> fitter = AtlasFitter(frames, masks, flows, FitConfig(steps=200))
+    >>> for event in fitter.run():
+    ...     print(event.step, event.psnr)
+    >>> result = fitter.export()
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from t2l.atlas.masks import camera_homography
+from t2l.atlas.model import AtlasModel, AtlasModelConfig, uv_to_px
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    steps: int = 400  # optimisation steps
+    pairs: int = 2  # consecutive frame pairs per step (2 pairs = 4 frames)
+    lr_texture: float = 0.02  # Adam lr of texture colours ([0,1] units)
+    lr_mapping: float = 3e-4  # Adam lr of homography corrections and displacement grids (normalised units)
+    grid: tuple[int, int] = (6, 10)  # displacement grid per frame (rows, cols)
+    w_rgb: float = 1.0  # squared colour error
+    w_grad: float = 0.5  # squared error of image x/y differences
+    w_mask: float = 0.02  # BCE of the opacity against the masks (bootstrap) ...
+    mask_until: float = 0.3  # ... at full weight for this fraction of the steps, then a tenth
+    w_sparsity: float = 0.002  # |rgb_fg * (1 - alpha)|^2: keeps the foreground atlas clean
+    w_flow: float = 2e-4  # flow consistency of the mappings (error in atlas px, Charbonnier)
+    w_alpha_flow: float = 0.005  # flow consistency of the opacity
+    w_rigid: float = 0.05  # smoothness of the displacement grids (atlas px^2 per cell)
+    margin: int = 6  # atlas margin around what the frames cover (px)
+    max_atlas_px: int = 4_000_000  # atlases larger than this are stored at a lower resolution
+    seed: int = 0
+
+
+@dataclass
+class FitEvent:
+    step: int  # 1-based, out of total
+    total: int
+    losses: dict[str, float]
+    psnr: float  # dB of the reconstruction of this step's frames
+    elapsed: float  # seconds since the fit (or the resumed fit) started
+
+
+@dataclass
+class FitResult:
+    """AtlasData-compatible arrays (see t2l/atlas/folder.py)."""
+
+    layers: list[dict]  # {"name", "uv" T,H,W,2 float32, "texture" Ha,Wa,4 uint8, "uv_to_px"}
+    alpha: np.ndarray | None  # T, H, W float32 in [0,1]
+    reconstruction: np.ndarray  # T, H, W, 3 uint8
+    psnr: list[float]  # per frame, dB
+    consistency: dict[str, float] = field(default_factory=dict)  # per layer, mean drift px/frame
+
+
+# ---- initialisation ------------------------------------------------------------------------------
+
+
+def _similarity(flow: np.ndarray, where: np.ndarray) -> np.ndarray | None:
+    """A 3x3 similarity mapping frame-a px to frame-b px fitted (RANSAC) to the flow at `where`."""
+    ys, xs = np.nonzero(where)
+    if len(xs) < 20:
+        return None
+    step = max(1, len(xs) // 4000)
+    src = np.stack([xs[::step], ys[::step]], -1).astype(np.float32)
+    dst = src + flow[ys[::step], xs[::step]]
+    m, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.0)
+    return None if m is None else np.vstack([m, [0, 0, 1]])
+
+
+def _chain(steps: list[np.ndarray]) -> list[np.ndarray]:
+    """Per-pair maps frame t px -> frame t+1 px  ->  per-frame maps frame t px -> frame 0 px."""
+    out = [np.eye(3)]
+    for h in steps:
+        out.append(out[-1] @ np.linalg.inv(h))
+    return out
+
+
+def _to_normalised(chain: list[np.ndarray], points: list[np.ndarray], size: tuple[int, int], margin: int,
+                   max_px: int) -> tuple[np.ndarray, tuple[int, int]]:  # fmt: skip
+    """Turn frame->reference px maps into normalised-frame -> normalised-atlas homographies.
+
+    The atlas covers the bounding box of `points` (per frame, N,2 px) mapped into the reference, plus
+    a margin, at 1 atlas px per reference px (less if that exceeds max_px).
+    """
+    H, W = size
+    mapped = []
+    for g, pts in zip(chain, points, strict=True):
+        if len(pts):
+            p = np.c_[pts, np.ones(len(pts))] @ g.T
+            mapped.append(p[:, :2] / p[:, 2:])
+    allp = np.concatenate(mapped)
+    x0, y0 = allp.min(0) - margin
+    x1, y1 = allp.max(0) + margin
+    scale = min(1.0, math.sqrt(max_px / max((x1 - x0) * (y1 - y0), 1.0)))
+    Wa, Ha = max(8, math.ceil((x1 - x0) * scale)), max(8, math.ceil((y1 - y0) * scale))
+    to_px = np.array([[W / 2, 0, W / 2 - 0.5], [0, H / 2, H / 2 - 0.5], [0, 0, 1]])  # normalised -> px index
+    to_atlas = np.array([[scale, 0, -scale * x0 + 0.5], [0, scale, -scale * y0 + 0.5], [0, 0, 1]])
+    norm = np.array([[2 / Wa, 0, -1], [0, 2 / Ha, -1], [0, 0, 1]])
+    return np.stack([norm @ to_atlas @ g @ to_px for g in chain]), (Ha, Wa)
+
+
+def initial_geometry(masks: np.ndarray | None, flows: dict[str, np.ndarray], size: tuple[int, int],
+                     cfg: FitConfig) -> dict:  # fmt: skip
+    """Initial homographies and atlas sizes from the flow (and the masks for two layers)."""
+    H, W = size
+    fwd, fval = flows["forward"], flows["forward_valid"]
+    T = len(fwd) + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
+    corners = np.array([[0, 0], [W - 1, 0], [0, H - 1], [W - 1, H - 1]], np.float64)
+
+    def camera(affine: bool) -> list[np.ndarray]:
+        cam = []
+        for t in range(T - 1):
+            keep = fval[t]
+            if masks is not None:
+                keep = keep & ~cv2.dilate(masks[t].astype(np.uint8), kernel).astype(bool)
+            cam.append(camera_homography(fwd[t], keep, affine=affine))
+        return cam
+
+    cam = camera(affine=False)
+    bg_h0, bg_size = _to_normalised(_chain(cam), [corners] * T, size, cfg.margin, cfg.max_atlas_px)
+    unscaled = _to_normalised(_chain(cam), [corners] * T, size, cfg.margin, 10**12)[1]
+    folds = any((np.c_[corners, np.ones(4)] @ g[2]).min() <= 0 for g in _chain(cam))
+    if folds or unscaled[0] * unscaled[1] > 25 * H * W:  # chained perspective blew up: affine motion instead
+        cam = camera(affine=True)
+        bg_h0, bg_size = _to_normalised(_chain(cam), [corners] * T, size, cfg.margin, cfg.max_atlas_px)
+    geo = {"bg_h0": bg_h0, "bg_size": bg_size, "fg_h0": None, "fg_size": None}
+    if masks is None:
+        return geo
+    inner_k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    obj = []
+    for t in range(T - 1):
+        inner = cv2.erode(masks[t].astype(np.uint8), inner_k).astype(bool) & fval[t]
+        h = _similarity(fwd[t], inner)
+        if h is None and masks[t].any() and masks[t + 1].any():
+            shift = np.argwhere(masks[t + 1]).mean(0) - np.argwhere(masks[t]).mean(0)  # (dy, dx)
+            h = np.array([[1, 0, shift[1]], [0, 1, shift[0]], [0, 0, 1]], np.float64)
+        obj.append(h if h is not None else cam[t])
+    points = [np.argwhere(m)[:, ::-1].astype(np.float64) for m in masks]
+    fg_h0, fg_size = _to_normalised(_chain(obj), points, size, 2 * cfg.margin, cfg.max_atlas_px // 2)
+    geo.update(fg_h0=fg_h0, fg_size=fg_size)
+    return geo
+
+
+def _splat(uv: np.ndarray, values: np.ndarray, weights: np.ndarray, size: tuple[int, int],
+           acc: np.ndarray, wacc: np.ndarray) -> None:  # fmt: skip
+    """Bilinearly splat values (N, C) at atlas uv (N, 2) with weights (N,) into acc (C, Ha*Wa), wacc (Ha*Wa).
+
+    numpy's bincount, single-threaded: torch's index_add_ slows down badly on a shared 2-core machine.
+    """
+    Ha, Wa = size
+    x = (uv[:, 0] + 1) * Wa / 2 - 0.5
+    y = (uv[:, 1] + 1) * Ha / 2 - 0.5
+    x0, y0 = np.floor(x), np.floor(y)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            w = weights * (1 - np.abs(x - xi)) * (1 - np.abs(y - yi))
+            ok = (xi >= 0) & (xi < Wa) & (yi >= 0) & (yi < Ha) & (w > 0)
+            idx = (yi[ok] * Wa + xi[ok]).astype(np.int64)
+            wacc += np.bincount(idx, w[ok], minlength=Ha * Wa)
+            for c in range(values.shape[1]):
+                acc[c] += np.bincount(idx, values[ok, c] * w[ok], minlength=Ha * Wa)
+
+
+def _fill(acc: np.ndarray, wacc: np.ndarray, default: np.ndarray) -> np.ndarray:
+    """Average splatted values (C, Ha, Wa) and fill empty texels from ever coarser levels (push-pull)."""
+    C, Ha, Wa = acc.shape
+    out = np.where(wacc > 1e-3, acc / np.maximum(wacc, 1e-6), np.nan)
+    hole = wacc <= 1e-3
+    a, w = acc.transpose(1, 2, 0).astype(np.float32), wacc.astype(np.float32)
+    while hole.any() and min(w.shape) > 1:
+        half = (max(1, w.shape[1] // 2), max(1, w.shape[0] // 2))
+        # sums, not means, so a texel's weight stays comparable across levels
+        a = 4 * cv2.resize(a, half, interpolation=cv2.INTER_AREA).reshape(half[1], half[0], C)
+        w = 4 * cv2.resize(w, half, interpolation=cv2.INTER_AREA)
+        den = cv2.resize(w, (Wa, Ha), interpolation=cv2.INTER_LINEAR)
+        num = cv2.resize(a, (Wa, Ha), interpolation=cv2.INTER_LINEAR).reshape(Ha, Wa, C)
+        ok = hole & (den > 1e-4)
+        out[:, ok] = (num[ok] / den[ok, None]).T
+        hole &= ~ok
+    out[:, hole] = default[:, None]
+    return out
+
+
+@torch.no_grad()
+def initial_textures(
+    model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor | None, chunk: int = 4
+) -> None:
+    """Set each atlas to the weighted average of the frame pixels that land on it (and the foreground
+    opacity to the fraction of masked pixels landing there)."""
+    dev = frames.device
+    accs = {name: (np.zeros((tex.shape[1], tex.shape[2] * tex.shape[3])), np.zeros(tex.shape[2] * tex.shape[3]))
+            for name, tex in model.textures().items()}  # fmt: skip
+    T = len(frames)
+    for s in range(0, T, chunk):
+        t = torch.arange(s, min(T, s + chunk), device=dev)
+        rgb = frames[t].reshape(-1, 3).cpu().numpy() / 255.0  # N, 3
+        m = masks[t].reshape(-1).cpu().numpy().astype(np.float64) if masks is not None else np.zeros(len(rgb))
+        for name, mapping in model.mappings().items():
+            uv = mapping(t, model.xy1).reshape(-1, 2).cpu().numpy().astype(np.float64)
+            if name == "bg":
+                _splat(uv, rgb, 1 - m + 1e-4, model.cfg.bg_size, *accs[name])
+            else:  # colour from masked pixels only; the 4th channel averages the mask itself
+                values = np.concatenate([rgb * m[:, None], m[:, None]], 1)
+                _splat(uv, values, np.ones_like(m), model.cfg.fg_size, *accs[name])
+    for name, tex in model.textures().items():
+        acc, wacc = accs[name]
+        Ha, Wa = tex.shape[2:]
+        acc = acc.reshape(-1, Ha, Wa).astype(np.float32)
+        wacc = wacc.reshape(Ha, Wa).astype(np.float32)
+        if name == "bg":
+            filled = _fill(acc, wacc, np.full(3, 0.5))
+            tex.copy_(torch.from_numpy(filled).float()[None])
+        else:
+            cover = acc[3] / np.maximum(wacc, 1e-6)  # fraction of masked pixels per texel
+            rgb = _fill(acc[:3], acc[3].copy(), np.full(3, 0.5))
+            c = np.clip(cover, 0.003, 0.997)
+            logit = np.log(c / (1 - c))
+            logit[wacc <= 1e-3] = -6.0
+            tex.copy_(torch.from_numpy(np.concatenate([rgb, logit[None]])).float()[None])
+
+
+# ---- losses --------------------------------------------------------------------------------------
+
+
+def _grad_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of x and y finite differences. a, b: B, C, H, W."""
+    dx = (a[..., :, 1:] - a[..., :, :-1]) - (b[..., :, 1:] - b[..., :, :-1])
+    dy = (a[..., 1:, :] - a[..., :-1, :]) - (b[..., 1:, :] - b[..., :-1, :])
+    return dx.pow(2).mean() + dy.pow(2).mean()
+
+
+def _warp(x: torch.Tensor, flow_grid: torch.Tensor) -> torch.Tensor:
+    """Sample x (B, C, H, W) at normalised positions flow_grid (B, H, W, 2)."""
+    return F.grid_sample(x, flow_grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _to_grid(flow: torch.Tensor, xy1: torch.Tensor) -> torch.Tensor:
+    """Pixel flow (B, H, W, 2) -> normalised positions p + flow (B, H, W, 2)."""
+    H, W = flow.shape[1:3]
+    scale = torch.tensor([2 / W, 2 / H], device=flow.device)
+    return xy1[..., :2] + flow * scale
+
+
+def _atlas_px(uv: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    Ha, Wa = size
+    return uv * torch.tensor([Wa / 2, Ha / 2], device=uv.device)
+
+
+def _rigidity(disp: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Squared finite differences of displacement grids (B, 2, gh, gw) in atlas px."""
+    d = disp * torch.tensor([size[1] / 2, size[0] / 2], device=disp.device)[None, :, None, None]
+    return (d[..., 1:] - d[..., :-1]).pow(2).mean() + (d[..., 1:, :] - d[..., :-1, :]).pow(2).mean()
+
+
+# ---- the fitter ----------------------------------------------------------------------------------
+
+
+class AtlasFitter:
+    """Owns the model, the optimiser and the data of one fit; `run()` yields FitEvents.
+
+    Args:
+        frames: T, H, W, 3 uint8 RGB, T >= 2. masks: T, H, W bool or None (one layer).
+        flows: compute_flows output (float32 or float16 flow). cfg: FitConfig.
+        state: a previous `state_dict()` to resume from (same clip and size).
+    """
+
+    def __init__(self, frames: np.ndarray, masks: np.ndarray | None, flows: dict[str, np.ndarray],
+                 cfg: FitConfig = FitConfig(), device: str | torch.device = "cpu", state: dict | None = None):  # fmt: skip
+        self.cfg = cfg
+        self.device = torch.device(device)
+        T, H, W = frames.shape[:3]
+        self.frames = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)  # T, H, W, 3 uint8
+        self.masks = torch.from_numpy(masks).to(self.device) if masks is not None else None  # T, H, W bool
+        self.flows = flows
+        self.step = 0
+        if state is not None:
+            mcfg = AtlasModelConfig.from_dict(state["model_config"])
+            if (mcfg.frames, mcfg.height, mcfg.width) != (T, H, W):
+                raise ValueError(
+                    f"saved model is for {mcfg.frames}x{mcfg.height}x{mcfg.width} frames, not {T}x{H}x{W}"
+                )
+            self.model = AtlasModel(mcfg, state["model"]["bg_map.h0"],
+                                    state["model"].get("fg_map.h0")).to(self.device)  # fmt: skip
+            self.model.load_state_dict(state["model"])
+            self.step = int(state["step"])
+        else:
+            geo = initial_geometry(masks, flows, (H, W), cfg)
+            mcfg = AtlasModelConfig(T, H, W, geo["bg_size"], geo["fg_size"], cfg.grid)
+            fg_h0 = torch.from_numpy(geo["fg_h0"]) if geo["fg_h0"] is not None else None
+            self.model = AtlasModel(mcfg, torch.from_numpy(geo["bg_h0"]), fg_h0).to(self.device)
+            initial_textures(self.model, self.frames, self.masks)
+        groups = [
+            {"params": [self.model.bg_texture], "lr": cfg.lr_texture},
+            {
+                "params": [p for m in self.model.mappings().values() for p in m.parameters()],
+                "lr": cfg.lr_mapping,
+            },
+        ]
+        if self.model.layered:
+            groups.append({"params": [self.model.fg_texture], "lr": cfg.lr_texture})
+        self.base_lr = [g["lr"] for g in groups]  # before loading a state: saved groups carry decayed lrs
+        self.opt = torch.optim.Adam(groups, betas=(0.9, 0.99))
+        if state is not None and "optimizer" in state:
+            self.opt.load_state_dict(state["optimizer"])
+        self.gen = torch.Generator().manual_seed(cfg.seed + self.step)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume: model config and weights, optimiser, step, fit config."""
+        return {
+            "model_config": self.model.cfg.to_dict(),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.opt.state_dict(),
+            "step": self.step,
+            "fit_config": asdict(self.cfg),
+        }
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        T = self.model.cfg.frames
+        first = torch.randint(0, T - 1, (self.cfg.pairs,), generator=self.gen)
+        return first, torch.cat([first, first + 1]).to(self.device)
+
+    def losses(self, first: torch.Tensor, t: torch.Tensor, frac: float) -> tuple[torch.Tensor, dict, float]:
+        cfg, model = self.cfg, self.model
+        P = len(first)
+        out = model(t)
+        target = self.frames[t].permute(0, 3, 1, 2).float() / 255  # B, 3, H, W
+        terms = {}
+        mse = (out["rgb"] - target).pow(2).mean()
+        terms["rgb"] = cfg.w_rgb * mse
+        terms["grad"] = cfg.w_grad * _grad_loss(out["rgb"], target)
+        fwd = torch.from_numpy(np.asarray(self.flows["forward"][first.numpy()], np.float32)).to(self.device)
+        valid = (
+            torch.from_numpy(self.flows["forward_valid"][first.numpy()]).to(self.device).float()
+        )  # P, H, W
+        grid = _to_grid(fwd, model.xy1)  # P, H, W, 2
+        layer_w = {"bg": valid}
+        if model.layered:
+            alpha = out["alpha"][:, 0]  # B, H, W
+            a0, a1 = alpha[:P], alpha[P:]
+            layer_w = {"bg": valid * (1 - a0).detach(), "fg": valid * a0.detach()}
+            if self.masks is not None:
+                m = self.masks[t].float()
+                w_mask = cfg.w_mask * (1.0 if frac < cfg.mask_until else 0.1)
+                terms["mask"] = w_mask * F.binary_cross_entropy(alpha.clamp(1e-4, 1 - 1e-4), m)
+            terms["sparsity"] = cfg.w_sparsity * (out["rgb_fg"] * (1 - out["alpha"])).pow(2).mean()
+            a1_at = _warp(a1[:, None], grid)[:, 0]
+            terms["alpha_flow"] = cfg.w_alpha_flow * (valid * (a0 - a1_at).abs()).mean()
+        flow_terms, rigid = 0.0, 0.0
+        for name, mapping in model.mappings().items():
+            size = model.cfg.bg_size if name == "bg" else model.cfg.fg_size
+            uv = out[f"uv_{name}"]
+            uv1_at = _warp(uv[P:].permute(0, 3, 1, 2), grid).permute(0, 2, 3, 1)  # P, H, W, 2
+            err = _atlas_px(uv[:P] - uv1_at, size).pow(2).sum(-1).add(1e-4).sqrt()
+            flow_terms = flow_terms + (layer_w[name] * err).mean()
+            rigid = rigid + _rigidity(mapping.disp[t], size)
+        terms["flow"] = cfg.w_flow * flow_terms
+        terms["rigid"] = cfg.w_rigid * rigid
+        total = sum(terms.values())
+        psnr = -10 * math.log10(max(float(mse.detach()), 1e-10))
+        return total, {k: float(v.detach()) for k, v in terms.items()}, psnr
+
+    def run(self) -> Iterator[FitEvent]:
+        """Optimise from the current step to cfg.steps, yielding one FitEvent per step."""
+        start = time.perf_counter()
+        total = self.cfg.steps
+        self.model.train()
+        while self.step < total:
+            frac = self.step / max(total, 1)
+            decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))  # cosine to 10%
+            for g, lr in zip(self.opt.param_groups, self.base_lr, strict=True):
+                g["lr"] = lr * decay
+            first, t = self._batch()
+            loss, terms, psnr = self.losses(first, t, frac)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.step += 1
+            yield FitEvent(self.step, total, terms, psnr, time.perf_counter() - start)
+
+    # -- results ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def export(self, chunk: int = 4) -> FitResult:
+        """Evaluate every frame: uv per layer, opacity, reconstruction, PSNR, atlas images with coverage."""
+        model = self.model.eval()
+        T, H, W = model.cfg.frames, model.cfg.height, model.cfg.width
+        names = list(model.mappings())
+        uvs = {n: np.empty((T, H, W, 2), np.float32) for n in names}
+        alpha = np.empty((T, H, W), np.float32) if model.layered else None
+        recon = np.empty((T, H, W, 3), np.uint8)
+        psnr = []
+        cover = {n: torch.zeros(int(np.prod(s)), device=self.device)
+                 for n, s in (("bg", model.cfg.bg_size), ("fg", model.cfg.fg_size)) if n in names}  # fmt: skip
+        for s in range(0, T, chunk):
+            t = torch.arange(s, min(T, s + chunk), device=self.device)
+            out = model(t)
+            rgb = (out["rgb"].clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1)  # B, H, W, 3
+            recon[s : s + len(t)] = rgb.cpu().numpy()
+            err = (rgb.float() - self.frames[t].float()).pow(2).mean((1, 2, 3))
+            psnr += [float(10 * math.log10(255**2 / max(float(e), 1e-10))) for e in err]
+            a = out["alpha"][:, 0] if model.layered else None
+            if a is not None:
+                alpha[s : s + len(t)] = a.cpu().numpy()
+            for n in names:
+                uv = out[f"uv_{n}"]
+                uvs[n][s : s + len(t)] = uv.cpu().numpy()
+                size = model.cfg.bg_size if n == "bg" else model.cfg.fg_size
+                w = torch.ones_like(uv[..., 0]) if a is None else (a if n == "fg" else 1 - a)
+                px = _atlas_px(uv + 1, size).reshape(-1, 2).floor().long()
+                ok = (px[:, 0] >= 0) & (px[:, 0] < size[1]) & (px[:, 1] >= 0) & (px[:, 1] < size[0])
+                idx = px[ok, 1] * size[1] + px[ok, 0]
+                cover[n].scatter_reduce_(0, idx, w.reshape(-1)[ok], reduce="amax")
+        layers = []
+        for n in names:
+            size = model.cfg.bg_size if n == "bg" else model.cfg.fg_size
+            tex = model.textures()[n][0, :3].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+            cov = cv2.dilate(cover[n].reshape(size).cpu().numpy(), np.ones((3, 3), np.uint8))
+            rgba = np.concatenate([tex, cov[..., None]], -1)
+            layers.append({"name": n, "uv": uvs[n], "texture": (rgba * 255).round().astype(np.uint8),
+                           "uv_to_px": uv_to_px(size)})  # fmt: skip
+        result = FitResult(layers, alpha, recon, psnr)
+        result.consistency = {
+            lay["name"]: drift(lay["uv"], lay["uv_to_px"], self.flows, alpha, lay["name"]) for lay in layers
+        }
+        return result
+
+
+def drift(uv: np.ndarray, to_px, flows: dict[str, np.ndarray], alpha: np.ndarray | None, layer: str,
+          scale: float = 1.0) -> float:  # fmt: skip
+    """Mean |uv_t(p) - uv_{t+1}(p + flow)| in atlas px divided by `scale` (atlas px per frame px), over
+    trusted forward-flow pixels p that belong to `layer` (alpha > 0.5 for fg, <= 0.5 for bg)."""
+    sx, _, sy, _ = to_px
+    total, count = 0.0, 0
+    H, W = uv.shape[1:3]
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
+    for t in range(len(flows["forward"])):
+        f = np.asarray(flows["forward"][t], np.float32)
+        where = flows["forward_valid"][t].copy()
+        if alpha is not None:
+            where &= (alpha[t] > 0.5) if layer == "fg" else (alpha[t] <= 0.5)
+        if not where.any():
+            continue
+        nxt = cv2.remap(
+            uv[t + 1], xs + f[..., 0], ys + f[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+        d = uv[t] - nxt
+        err = np.hypot(d[..., 0] * sx, d[..., 1] * sy)[where]
+        total += float(err.sum())
+        count += int(where.sum())
+    return total / max(count, 1) / scale

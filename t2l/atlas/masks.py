@@ -1,0 +1,280 @@
+"""Foreground masks: read the user's (--masks DIR) or find moving objects automatically.
+
+Automatic masks need no weights: the dominant (camera) motion between two frames is fitted to the
+trusted optical flow with a RANSAC homography; pixels whose flow disagrees with it by more than a
+threshold move on their own. The raw masks are cleaned with morphology, hole filling, small-blob
+removal and a 3-frame vote along the flow. They only bootstrap the foreground opacity: the fit
+refines it from the colours. Masks are saved in the atlas folder (masks/) for inspection.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from t2l.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    residual_px: float = 1.0  # flow disagreement with the camera motion (px) that counts as moving, at least
+    residual_scale: float = 4.0  # ... and at least this many times the median disagreement of the frame
+    ransac_px: float = 1.0  # RANSAC inlier threshold for the camera homography (px)
+    open_px: int = 2  # opening radius (removes speckle)
+    close_px: int = 6  # closing radius (joins the parts of one object)
+    min_area: float = 0.002  # drop blobs smaller than this fraction of the frame
+    vote: bool = True  # 3-frame majority vote along the flow
+    band_px: int = 8  # boundary band (px) re-decided by colour: camera motion vs the object's own motion
+
+
+def camera_homography(
+    flow: np.ndarray, valid: np.ndarray, ransac_px: float = 1.0, step: int = 4, affine: bool = False
+) -> np.ndarray:
+    """The dominant motion of a flow field as a 3x3 homography (affine map with `affine`) from frame-a px to frame-b px.
+
+    Args:
+        flow: H, W, 2 float32 px. valid: H, W bool, which vectors to use.
+    Returns:
+        3, 3 float64 (a pure translation by the median flow when too few vectors are trusted).
+    """
+    H, W = flow.shape[:2]
+    ys, xs = np.mgrid[0:H:step, 0:W:step]
+    keep = valid[ys, xs]
+    src = np.stack([xs[keep], ys[keep]], -1).astype(np.float32)
+    dst = src + flow[ys[keep], xs[keep]]
+    if len(src) >= 12:
+        if affine:
+            m, _ = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=ransac_px)
+            h = None if m is None else np.vstack([m, [0, 0, 1]])
+        else:
+            h, _ = cv2.findHomography(src, dst, cv2.RANSAC, ransac_px, maxIters=2000, confidence=0.995)
+        if h is not None and np.isfinite(h).all():
+            return h
+    shift = np.median(flow.reshape(-1, 2), axis=0) if len(src) == 0 else np.median(dst - src, axis=0)
+    return np.array([[1, 0, shift[0]], [0, 1, shift[1]], [0, 0, 1]], np.float64)
+
+
+def apply_homography(h: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map pixel coordinates (any shape) through a 3x3 homography."""
+    w = h[2, 0] * xs + h[2, 1] * ys + h[2, 2]
+    w = np.where(np.abs(w) < 1e-8, 1e-8, w)
+    return (h[0, 0] * xs + h[0, 1] * ys + h[0, 2]) / w, (h[1, 0] * xs + h[1, 1] * ys + h[1, 2]) / w
+
+
+def motion_residual(flow: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """|p + flow(p) - h(p)| per pixel (px): H, W float32."""
+    H, W = flow.shape[:2]
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
+    hx, hy = apply_homography(h, xs, ys)
+    return np.hypot(xs + flow[..., 0] - hx, ys + flow[..., 1] - hy).astype(np.float32)
+
+
+def _disk(r: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def clean_mask(mask: np.ndarray, cfg: MaskConfig) -> np.ndarray:
+    """Open, close, fill holes, drop small blobs. H, W bool -> H, W bool."""
+    m = mask.astype(np.uint8)
+    if cfg.open_px > 0:
+        m = cv2.morphologyEx(m, cv2.MORPH_OPEN, _disk(cfg.open_px))
+    if cfg.close_px > 0:
+        m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, _disk(cfg.close_px))
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = np.zeros_like(m)
+    min_px = cfg.min_area * m.size
+    for c in contours:
+        if cv2.contourArea(c) >= min_px:
+            cv2.drawContours(out, [c], -1, 1, thickness=cv2.FILLED)
+    return out.astype(bool)
+
+
+def _warp_mask(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """Pull a neighbour's mask into this frame: out(p) = mask(p + flow(p)) (flow: this -> neighbour)."""
+    H, W = mask.shape
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
+    return cv2.remap(
+        mask.astype(np.uint8),
+        xs + flow[..., 0],
+        ys + flow[..., 1],
+        cv2.INTER_NEAREST,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    ).astype(bool)
+
+
+def _photometric_error(frame: np.ndarray, other: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Per-pixel colour difference (box-filtered) between `frame` and `other` pulled back through h."""
+    H, W = frame.shape[:2]
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
+    hx, hy = apply_homography(h, xs, ys)
+    warped = cv2.remap(
+        other, hx.astype(np.float32), hy.astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    err = np.abs(frame.astype(np.float32) - warped.astype(np.float32)).sum(-1)
+    return cv2.blur(err, (5, 5))
+
+
+def _object_homography(
+    flow: np.ndarray, valid: np.ndarray, mask: np.ndarray, cfg: MaskConfig
+) -> np.ndarray | None:
+    inner = cv2.erode(mask.astype(np.uint8), _disk(max(1, cfg.band_px // 2))).astype(bool)
+    if (inner & valid).sum() < 30:
+        return None
+    return camera_homography(flow, inner & valid, cfg.ransac_px, step=2)
+
+
+def refine_boundaries(
+    frames: np.ndarray,
+    masks: np.ndarray,
+    flows: dict[str, np.ndarray],
+    homs: np.ndarray,
+    cfg: MaskConfig = MaskConfig(),
+) -> np.ndarray:
+    """Re-decide a band around each mask boundary by which motion explains the colours better.
+
+    Flow smears an object's motion a few pixels onto the background; in the band each pixel goes to
+    the layer (camera homography vs the object's own homography) whose warp of the neighbouring frames
+    matches its colour better. T,H,W bool -> T,H,W bool.
+    """
+    fwd, bwd, fval, bval = (
+        flows["forward"],
+        flows["backward"],
+        flows["forward_valid"],
+        flows["backward_valid"],
+    )
+    n = len(fwd)
+    out = masks.copy()
+    for t in range(n + 1):
+        if not masks[t].any():
+            continue
+        # min over the two neighbours: a background pixel about to be covered is still seen in the other
+        e_bg = np.full(masks.shape[1:], np.inf, np.float32)
+        e_fg = np.full_like(e_bg, np.inf)
+        used = 0
+        for s, flow, valid, h_cam in (
+            (t + 1, fwd[t] if t < n else None, fval[t] if t < n else None, homs[t] if t < n else None),
+            (
+                t - 1,
+                bwd[t - 1] if t > 0 else None,
+                bval[t - 1] if t > 0 else None,
+                np.linalg.inv(homs[t - 1]) if t > 0 else None,
+            ),
+        ):
+            if flow is None:
+                continue
+            h_obj = _object_homography(flow, valid, masks[t], cfg)
+            if h_obj is None:
+                continue
+            e_bg = np.minimum(e_bg, _photometric_error(frames[t], frames[s], h_cam))
+            e_fg = np.minimum(e_fg, _photometric_error(frames[t], frames[s], h_obj))
+            used += 1
+        if not used:
+            continue
+        m = masks[t].astype(np.uint8)
+        band = cv2.dilate(m, _disk(cfg.band_px)).astype(bool) & ~cv2.erode(m, _disk(cfg.band_px)).astype(bool)
+        decided = e_fg < e_bg
+        out[t] = np.where(band, decided, masks[t])
+        out[t] = clean_mask(out[t], MaskConfig(open_px=1, close_px=2, min_area=cfg.min_area))
+    return out
+
+
+def motion_masks(
+    flows: dict[str, np.ndarray], cfg: MaskConfig = MaskConfig(), frames: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Automatic foreground masks from the flow of compute_flows (T >= 2); with `frames` (T,H,W,3
+    uint8) the boundaries are refined by colour (refine_boundaries).
+
+    Returns:
+        (masks T,H,W bool, camera homographies T-1,3,3 float64: frame t px -> frame t+1 px)
+    """
+    fwd, bwd = flows["forward"], flows["backward"]
+    fval, bval = flows["forward_valid"], flows["backward_valid"]
+    n, H, W = fwd.shape[:3]
+    homs = np.stack([camera_homography(fwd[t], fval[t], cfg.ransac_px) for t in range(n)])
+    raw = np.zeros((n + 1, H, W), bool)
+    for t in range(n + 1):
+        pairs = []
+        if t < n:
+            pairs.append((fwd[t], fval[t], homs[t]))
+        if t > 0:
+            pairs.append((bwd[t - 1], bval[t - 1], camera_homography(bwd[t - 1], bval[t - 1], cfg.ransac_px)))
+        for flow, valid, h in pairs:
+            res = motion_residual(flow, h)
+            thr = max(
+                cfg.residual_px, cfg.residual_scale * float(np.median(res[valid])) if valid.any() else 0.0
+            )
+            raw[t] |= (res > thr) & valid
+    masks = np.stack([clean_mask(m, cfg) for m in raw])
+    if cfg.vote and n >= 1:
+        voted = np.empty_like(masks)
+        for t in range(n + 1):
+            votes = [masks[t].astype(np.int8)]
+            if t > 0:
+                votes.append(_warp_mask(masks[t - 1], bwd[t - 1]))
+            if t < n:
+                votes.append(_warp_mask(masks[t + 1], fwd[t]))
+            voted[t] = np.mean(votes, axis=0) > 0.5 if len(votes) == 3 else masks[t]
+        masks = np.stack([clean_mask(m, cfg) for m in voted])
+    if frames is not None and cfg.band_px > 0:
+        masks = refine_boundaries(frames, masks, flows, homs, cfg)
+    return masks, homs
+
+
+def _natural_key(p: Path) -> list:
+    return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", p.name)]
+
+
+def read_masks(folder: str | Path, indices: list[int], size: tuple[int, int]) -> np.ndarray:
+    """Read user masks (one image per frame, sorted naturally; white or opaque = foreground).
+
+    Args:
+        folder: a folder of images. indices: source frame numbers used (after --start/--stride); the
+            folder may hold one mask per used frame or one per source frame. size: (H, W) to resize to.
+    Returns:
+        T, H, W bool.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"mask folder {folder} does not exist", "pass a folder of PNG masks, one per frame")
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+    if len(files) == len(indices):
+        chosen = files
+    elif files and len(files) > max(indices):
+        chosen = [files[i] for i in indices]
+    else:
+        raise InputError(
+            f"mask folder {folder} has {len(files)} images but {len(indices)} frames are used",
+            "give one mask per video frame (or per used frame), named in frame order",
+        )
+    from PIL import Image
+
+    H, W = size
+    out = np.empty((len(chosen), H, W), bool)
+    for i, path in enumerate(chosen):
+        try:
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("RGBA", "LA", "PA") and im.getchannel("A").getextrema()[0] < 255:
+                    arr = np.asarray(im.getchannel("A"))
+                else:
+                    arr = np.asarray(im.convert("L"))
+        except OSError as e:
+            raise InputError(f"cannot read mask {path}: {e}", "masks must be PNG/JPEG images") from None
+        out[i] = cv2.resize((arr > 127).astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST).astype(
+            bool
+        )
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean per-frame intersection over union of two T,H,W bool arrays (frames where both are empty count 1)."""
+    inter = (a & b).reshape(len(a), -1).sum(1)
+    union = (a | b).reshape(len(a), -1).sum(1)
+    return float(np.where(union > 0, inter / np.maximum(union, 1), 1.0).mean())
