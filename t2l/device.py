@@ -20,11 +20,15 @@ def resolve_device(name: str = "auto"):
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UsageError("--device cuda was asked for but no CUDA GPU is visible", "use --device cpu or auto")
+            raise UsageError(
+                "--device cuda was asked for but no CUDA GPU is visible", "use --device cpu or auto"
+            )
         return torch.device(name)
     if name == "mps":
         if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise UsageError("--device mps was asked for but MPS is not available", "use --device cpu or auto")
+            raise UsageError(
+                "--device mps was asked for but MPS is not available", "use --device cpu or auto"
+            )
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")

@@ -35,7 +35,9 @@ def root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail to stderr.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr; no progress bars.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only errors on stderr; no progress bars.")
+    ] = False,
 ) -> None:
     """Edit photos and videos from a text prompt (Text2LIVE)."""
     from t2l.cli.common import configure_logging

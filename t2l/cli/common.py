@@ -80,7 +80,9 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [RichHandler(console=err_console, show_time=False, show_path=False)]
     root.setLevel(level)
-    logging.getLogger("t2l").setLevel(logging.DEBUG if verbose else logging.INFO if not quiet else logging.ERROR)
+    logging.getLogger("t2l").setLevel(
+        logging.DEBUG if verbose else logging.INFO if not quiet else logging.ERROR
+    )
 
 
 def info(message: str) -> None:
@@ -165,22 +167,31 @@ def handle_errors(fn: Callable) -> Callable:
         except T2LError as e:
             raise fail(str(e), e.exit_code) from None
         except KeyboardInterrupt:
-            raise fail("interrupted; finished outputs are kept, rerun with --resume to continue", EXIT_INTERRUPTED) from None
+            raise fail(
+                "interrupted; finished outputs are kept, rerun with --resume to continue", EXIT_INTERRUPTED
+            ) from None
         except MemoryError:
             raise fail("out of memory; use a smaller --size or fewer --views", EXIT_RESOURCES) from None
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 where = f" writing {e.filename}" if e.filename else ""
-                raise fail(f"no space left on device{where}; free some space or choose another -o", EXIT_RESOURCES) from None
+                raise fail(
+                    f"no space left on device{where}; free some space or choose another -o", EXIT_RESOURCES
+                ) from None
             if os.environ.get("T2L_DEBUG"):
                 raise
             raise fail(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}") from None
         except Exception as e:  # noqa: BLE001
             if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
-                raise fail("GPU out of memory; use a smaller --size or fewer --views, or --device cpu", EXIT_RESOURCES) from None
+                raise fail(
+                    "GPU out of memory; use a smaller --size or fewer --views, or --device cpu",
+                    EXIT_RESOURCES,
+                ) from None
             if os.environ.get("T2L_DEBUG"):
                 raise
-            raise fail(f"internal error: {type(e).__name__}: {e} (set T2L_DEBUG=1 for a traceback and please report it)") from None
+            raise fail(
+                f"internal error: {type(e).__name__}: {e} (set T2L_DEBUG=1 for a traceback and please report it)"
+            ) from None
 
     return wrapper
 
@@ -193,5 +204,7 @@ def check_output_dir(path: Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise T2LError(f"cannot write to output folder {path}: {e.strerror or e}", "choose another -o") from None
+        raise T2LError(
+            f"cannot write to output folder {path}: {e.strerror or e}", "choose another -o"
+        ) from None
     return path

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from t2l.cli.app import app
-from t2l.cli.common import DeviceOpt, JsonOpt, emit_json, handle_errors, info, make_progress
+from t2l.cli.common import DeviceOpt, JsonOpt, check_output_dir, emit_json, handle_errors, info, make_progress
 from t2l.errors import InputError, T2LError, UsageError
 
 _ATLAS = "Atlas folders"
@@ -64,14 +64,7 @@ def _check_free(targets: list[tuple[Path, bool]], overwrite: bool) -> None:
 
 def _check_writable(path: Path, is_folder: bool) -> None:
     """Create the folder that will hold `path` (or `path` itself for a folder) or fail in one line."""
-    folder = path if is_folder else path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".t2l-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise T2LError(f"cannot write to {folder}: {e.strerror or e}", "choose another -o") from None
+    check_output_dir(path if is_folder else path.parent)
 
 
 @app.command("render", no_args_is_help=True)
