@@ -58,7 +58,10 @@ DeviceOpt = Annotated[
     typer.Option("--device", envvar="T2L_DEVICE", help="auto (cuda, then mps, then cpu), cpu, cuda or mps."),
 ]
 SeedOpt = Annotated[
-    int | None, typer.Option("--seed", help="Random seed; drawn and recorded in run.json when omitted.")
+    int | None,
+    typer.Option(
+        "--seed", help="Random seed; drawn when omitted and always recorded (run.json or atlas.json)."
+    ),
 ]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON object per result on stdout (for scripts).")
