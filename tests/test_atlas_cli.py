@@ -145,7 +145,7 @@ def test_interrupt_then_resume(clip_dir, tmp_path, monkeypatch):
 def test_from_nla(tmp_path):
     from test_nla_import import _checkpoint  # the documented-shape random NLA checkpoint of C1's tests
 
-    from t2l.video_io import write_png_sequence
+    from t2l.video_write import write_png_sequence
 
     frames = tmp_path / "frames"
     write_png_sequence(frames, np.random.default_rng(0).integers(0, 255, (3, 12, 16, 3), dtype=np.uint8))

@@ -10,7 +10,7 @@ from test_render import H, T, W, translating_square_atlas
 
 from t2l.atlas.folder import FORMAT_VERSION, load_atlas, save_atlas
 from t2l.errors import InputError
-from t2l.video_io import read_video
+from t2l.video_read import read_video
 
 
 @pytest.fixture

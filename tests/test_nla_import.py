@@ -12,7 +12,7 @@ from t2l.atlas.folder import load_atlas
 from t2l.atlas.nla import NLA_DEFAULTS, import_nla, infer_spec
 from t2l.atlas.render import render_edit
 from t2l.errors import InputError
-from t2l.video_io import write_png_sequence
+from t2l.video_write import write_png_sequence
 
 T, H, W = 3, 12, 16
 
@@ -150,7 +150,7 @@ def test_shape_mismatch_and_missing_keys(tmp_path, frames_dir):
 
 def test_decoded_frames_with_their_info(tmp_path, frames_dir):
     """The form `t2l atlas --from-nla` uses: frames already decoded (start/stride/size applied)."""
-    from t2l.video_io import read_video
+    from t2l.video_read import read_video
 
     _checkpoint(tmp_path / "checkpoint")
     frames, info = read_video(frames_dir)

@@ -12,7 +12,7 @@ from PIL import Image
 from t2l.atlas.folder import AtlasData, AtlasLayer
 from t2l.atlas.render import checkerboard_edit, render_edit, source_frames
 from t2l.errors import InputError
-from t2l.video_io import VideoInfo
+from t2l.video_read import VideoInfo
 
 T, H, W = 4, 48, 64
 SQ, PAD = 12, 2  # square side (frame px) and its margin inside the 16x16 fg atlas
@@ -186,7 +186,7 @@ def _run(args):
 def test_cli_renders_every_format(atlas_dir, tmp_path):
     import json
 
-    from t2l.video_io import read_rgba_video, read_video
+    from t2l.video_read import read_rgba_video, read_video
 
     (atlas_dir / "edits").mkdir()
     Image.fromarray(fg_patch_edit()).save(atlas_dir / "edits" / "fg.png")

@@ -32,7 +32,7 @@ import numpy as np
 from t2l import __version__
 from t2l.errors import InputError
 from t2l.files import atomic_path, save_image_atomic, torch_save_atomic, write_bytes_atomic, write_json_atomic
-from t2l.video_io import VideoInfo
+from t2l.video_read import VideoInfo
 
 FORMAT_VERSION = 1
 LAYER_NAMES = ("bg", "fg")
@@ -91,7 +91,7 @@ def save_atlas(folder: str | Path, data: AtlasData) -> None:
     _validate(data, where="AtlasData")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "atlas.json").unlink(missing_ok=True)  # the folder is invalid until we finish
-    from t2l.video_io import write_mp4
+    from t2l.video_write import write_mp4
 
     t, h, w = data.frames.shape[:3]
     files: dict[str, str] = {}

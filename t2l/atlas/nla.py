@@ -35,7 +35,7 @@ import numpy as np
 
 from t2l.atlas.folder import AtlasData, AtlasLayer, save_atlas
 from t2l.errors import InputError, UsageError
-from t2l.video_io import VideoInfo
+from t2l.video_read import VideoInfo
 
 NLA_KEYS = {  # our name -> checkpoint key
     "fg_mapping": "model_F_mapping1_state_dict",
@@ -239,7 +239,7 @@ def import_nla(
     import torch
 
     from t2l.device import resolve_device
-    from t2l.video_io import read_video
+    from t2l.video_read import read_video
 
     t0 = time.perf_counter()
     dev = resolve_device(device)

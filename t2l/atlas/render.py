@@ -162,7 +162,7 @@ def source_frames(data: AtlasData) -> Iterator[np.ndarray]:
     Raises:
         InputError if the source is gone or its frames no longer match.
     """
-    from t2l.video_io import iter_video
+    from t2l.video_read import iter_video
 
     info = data.info
     if not Path(info.path).exists():
@@ -230,7 +230,7 @@ def render_to_files(
     import contextlib
 
     from t2l.atlas.folder import working_fps
-    from t2l.video_io import VideoWriter, require_encoder, save_png_frame
+    from t2l.video_write import VideoWriter, require_encoder, save_png_frame
 
     if resolution not in ("working", "source"):
         raise UsageError(f"unknown resolution {resolution!r}", "use working or source")

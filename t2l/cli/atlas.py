@@ -123,7 +123,7 @@ def _import_nla(video, checkpoint, output, start, max_frames, stride, size, devi
             "--from-nla is not available in this build", "fit the atlas with `t2l atlas VIDEO -o DIR`"
         ) from None
     from t2l.atlas.folder import save_atlas
-    from t2l.video_io import read_video
+    from t2l.video_read import read_video
 
     if not checkpoint.is_file():
         raise InputError(f"NLA checkpoint not found: {checkpoint}", "check the --from-nla path")
@@ -158,7 +158,7 @@ def _fit(video, output, start, max_frames, stride, size, layers, masks, preset, 
     from t2l.atlas.masks import motion_masks, read_masks
     from t2l.device import resolve_device
     from t2l.files import torch_save_atomic
-    from t2l.video_io import read_video
+    from t2l.video_read import read_video
 
     dev = resolve_device(device)
     state = None
