@@ -95,7 +95,7 @@ def test_one_layer_fit_and_resume(clip):
 
 
 def test_texture_holes_are_filled_from_neighbours():
-    from t2l.atlas.fit import _fill
+    from t2l.atlas.init import _fill
 
     acc = np.zeros((3, 40, 60), np.float32)
     w = np.zeros((40, 60), np.float32)
