@@ -63,14 +63,13 @@ def read_video(
     if not path.exists():
         raise InputError(f"video not found: {path}", "check the path")
     if path.is_dir():
-        frames, info = _read_folder(path, start, max_frames, stride)
+        frames, info = _read_folder(path, start, max_frames, stride, long_side)
     else:
-        frames, info = _read_file(path, start, max_frames, stride)
+        frames, info = _read_file(path, start, max_frames, stride, long_side)
     if not frames:
         what = "no frames" if start == 0 else f"no frames from frame {start} on"
         raise InputError(f"{path}: {what}", "check the file, or lower --start")
-    arr = np.stack([resize_long_side(f, long_side) for f in frames])  # T, H, W, 3
-    return arr, info
+    return np.stack(frames), info  # T, H, W, 3
 
 
 def iter_video(
@@ -143,19 +142,22 @@ def _load_image(path: Path) -> np.ndarray:
         raise InputError(f"cannot read frame {path}: {e}", "replace or remove that file") from None
 
 
-def _read_folder(folder: Path, start: int, max_frames: int | None, stride: int) -> tuple[list, VideoInfo]:
+def _read_folder(
+    folder: Path, start: int, max_frames: int | None, stride: int, long_side: int | None
+) -> tuple[list, VideoInfo]:
+    """Frames resized one by one as they are read (memory: working size, not source size)."""
     frames, indices = [], []
+    h, w = 0, 0  # source size
     for i, f in _select(enumerate(_folder_images(folder)), start, max_frames, stride):
         img = _load_image(f)
-        if frames and img.shape != frames[0].shape:
+        if frames and img.shape[:2] != (h, w):
             raise InputError(
-                f"frame {f.name} is {img.shape[1]}x{img.shape[0]} but earlier frames are "
-                f"{frames[0].shape[1]}x{frames[0].shape[0]}",
+                f"frame {f.name} is {img.shape[1]}x{img.shape[0]} but earlier frames are {w}x{h}",
                 "give all frames the same size",
             )
-        frames.append(img)
+        h, w = img.shape[:2]
+        frames.append(resize_long_side(img, long_side))
         indices.append(i)
-    h, w = frames[0].shape[:2] if frames else (0, 0)
     info = VideoInfo(
         path=str(folder),
         width=w,
@@ -210,16 +212,22 @@ def _to_rgb(frame, rotation: int) -> np.ndarray:
     return rgb
 
 
-def _read_file(path: Path, start: int, max_frames: int | None, stride: int) -> tuple[list, VideoInfo]:
+def _read_file(
+    path: Path, start: int, max_frames: int | None, stride: int, long_side: int | None
+) -> tuple[list, VideoInfo]:
+    """Frames resized one by one as they are decoded (memory: working size, not source size)."""
     container, stream = _open(path)
     try:
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         frames, times, indices = [], [], []
         rotation = 0
+        h, w = 0, 0  # source size, after rotation
         for i, frame in _select(enumerate(_decode(container, stream, path)), start, max_frames, stride):
             if not frames:
                 rotation = _rotation(frame)
-            frames.append(_to_rgb(frame, rotation))
+            rgb = _to_rgb(frame, rotation)
+            h, w = rgb.shape[:2]
+            frames.append(resize_long_side(rgb, long_side))
             times.append(frame.time)
             indices.append(i)
     finally:
@@ -229,7 +237,6 @@ def _read_file(path: Path, start: int, max_frames: int | None, stride: int) -> t
         fps = FOLDER_FPS
     # Frames without a timestamp (rare raw streams) get one from the nominal rate.
     times = [float(t) if t is not None else float(i / fps) for t, i in zip(times, indices, strict=True)]
-    h, w = frames[0].shape[:2] if frames else (0, 0)
     info = VideoInfo(
         path=str(path),
         width=w,
