@@ -157,10 +157,20 @@ class ViewParams:
 
 
 def view_size(H: int, W: int, cfg: ViewConfig) -> tuple[int, int]:
-    """Shorter side cfg.short, longer side capped at cfg.long_max, aspect kept otherwise."""
-    if H <= W:
-        return cfg.short, min(cfg.long_max, max(cfg.short, round(cfg.short * W / H)))
-    return min(cfg.long_max, max(cfg.short, round(cfg.short * H / W))), cfg.short
+    """Shorter side cfg.short; if the longer side would exceed cfg.long_max it is cfg.long_max and the
+    shorter side shrinks instead. Aspect is always kept (paper A.3; torchvision Resize(max_size))."""
+    return aspect_resize_size(H, W, cfg.short, cfg.long_max)
+
+
+def aspect_resize_size(H: int, W: int, short: int, long_max: int) -> tuple[int, int]:
+    """(h, w) for resizing H x W so the shorter side is `short`, or the longer `long_max` if that is
+    smaller; the aspect ratio is kept (no squashing). Only for extreme aspects (> 7 * long_max / short,
+    e.g. > 10:1 at 224/320) is the shorter side floored at short // 7 (one ViT-B/32 patch at 224 px)."""
+    lo, hi = min(H, W), max(H, W)
+    s = min(short / lo, long_max / hi)
+    floor = max(1, short // 7)
+    h, w = max(floor, round(H * s)), max(floor, round(W * s))
+    return h, w
 
 
 def _homography_from_points(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:

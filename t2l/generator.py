@@ -17,7 +17,8 @@ from torch import nn
 
 from t2l.errors import UsageError
 
-# Rows of C^T: maps the head's decorrelated RGB to ordinary RGB before the sigmoid.
+# Rows of C^T: maps the head's decorrelated RGB y to ordinary RGB before the sigmoid as rgb = C y,
+# i.e. rgb_c = sum_j C^T[j][c] * y_j (channel 0 is luminance-like: it feeds R, G and B about equally).
 COLOR_DECORRELATION = (
     (0.5628, 0.5845, 0.5845),
     (0.3117, 0.0, -0.3117),
@@ -110,7 +111,7 @@ class Generator(nn.Module):
                 f"use a larger --size (>= {self.cfg.min_size})",
             )
         y = self.head(self.body(x))  # B, 4, h, w (h, w may be 1 smaller for odd sizes)
-        rgb = torch.einsum("cj,bjhw->bchw", self.decorrelate.to(y.dtype), y[:, :3])
+        rgb = torch.einsum("jc,bjhw->bchw", self.decorrelate.to(y.dtype), y[:, :3])  # rgb = C y
         out = torch.sigmoid(torch.cat([rgb, y[:, 3:]], dim=1))
         if out.shape[-2:] != (H, W):  # odd sides: the crop loses a border pixel; resample to the input size
             out = F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False)

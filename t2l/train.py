@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from t2l.augment import ViewConfig, render_views, sample_views
+from t2l.augment import ViewConfig, aspect_resize_size, render_views, sample_views
 from t2l.losses import (
     LossWeights,
     bootstrap_loss,
@@ -125,10 +125,9 @@ def encode_view_bank(
 
 
 def structure_resize(x: torch.Tensor, short: int, long_max: int) -> torch.Tensor:
-    """Resize [B,C,H,W] so the shorter side is `short` and the longer at most `long_max`."""
-    H, W = x.shape[-2:]
-    s = short / min(H, W)
-    h, w = min(long_max, round(H * s)), min(long_max, round(W * s))
+    """Resize [B,C,H,W] so the shorter side is `short` and the longer at most `long_max` (aspect kept:
+    a long image gets a shorter side below `short`, as torchvision's Resize(short, max_size))."""
+    h, w = aspect_resize_size(x.shape[-2], x.shape[-1], short, long_max)
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
 
 

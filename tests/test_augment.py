@@ -16,6 +16,7 @@ from t2l.augment import (
     sample_views,
     view_size,
 )
+from t2l.train import structure_resize
 
 NO_AUG = ViewConfig(n=1, flip_p=0, affine_p=0, perspective_p=0, jitter_p=0, gray_p=0, short=32, long_max=48)
 
@@ -80,10 +81,11 @@ def test_flip_view_and_white_fill():
 def test_views_shape_batch_order_and_gradient():
     cfg = ViewConfig(n=5, short=32, long_max=48)
     p = sample_views(torch.Generator().manual_seed(1), 40, 80, cfg)
-    assert view_size(40, 80, cfg) == (32, 48) and p.size == (32, 48)
+    # 1:2 image: the 64-px long side would pass the 48 cap, so the short side shrinks (aspect kept)
+    assert view_size(40, 80, cfg) == (24, 48) and p.size == (24, 48)
     x = torch.rand(2, 3, 40, 80, requires_grad=True)
     v = render_views(x, p)
-    assert v.shape == (10, 3, 32, 48)
+    assert v.shape == (10, 3, 24, 48)
     # image-major order: views 0..4 come from image 0
     v0 = render_views(x[:1], p)
     assert torch.allclose(v[:5], v0, atol=1e-6)
@@ -100,3 +102,18 @@ def test_color_jitter_identity_and_grad():
     assert not torch.allclose(y, x)
     y.mean().backward()
     assert x.grad.abs().sum() > 0
+
+
+def test_view_and_structure_sizes_keep_the_aspect_ratio():
+    # paper A.3 "resized down to 224 maintaining aspect ratio"; the reference's Resize(224, max_size=320/380)
+    # caps the longer side by shrinking the shorter one instead of squashing the image
+    cfg = ViewConfig()
+    assert view_size(512, 512, cfg) == (224, 224)
+    assert view_size(512, 683, cfg) == (224, 299)  # under the cap: shorter side 224
+    assert view_size(512, 910, cfg) == (180, 320)  # 16:9: capped, aspect kept
+    assert view_size(910, 512, cfg) == (320, 180)
+    for h, w in [(512, 910), (300, 1000), (129, 700)]:
+        vh, vw = view_size(h, w, cfg)
+        assert abs(vw / vh - w / h) < 0.02 * w / h
+    assert structure_resize(torch.zeros(1, 3, 512, 1024), 224, 380).shape[-2:] == (190, 380)
+    assert structure_resize(torch.zeros(1, 3, 512, 683), 224, 380).shape[-2:] == (224, 299)

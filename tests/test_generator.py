@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from t2l.errors import UsageError
-from t2l.generator import Generator, GeneratorConfig, count_parameters
+from t2l.generator import COLOR_DECORRELATION, Generator, GeneratorConfig, count_parameters
 
 
 def test_parameter_count_matches_reference():
@@ -48,3 +48,20 @@ def test_batchnorm_uses_per_image_statistics():
     x = torch.rand(1, 3, 24, 24)
     y1, y2 = g(x), g(x)
     assert torch.allclose(y1, y2)  # running stats updating does not change train-mode outputs
+
+
+def test_head_maps_decorrelated_colour_with_c_not_c_transpose():
+    # The reference applies rgb = C y with the rows of C^T given in COLOR_DECORRELATION: decorrelated
+    # channel 0 is luminance and feeds R, G and B about equally (0.5628, 0.5845, 0.5845).
+    g = Generator(GeneratorConfig(depth=3, width=8))
+    for j in range(3):
+        y = torch.zeros(1, 4, 1, 1)
+        y[0, j] = 1.0
+        g.head = torch.nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            g.head.weight.zero_()
+            g.head.bias.copy_(y.view(4))
+        out = g(torch.rand(1, 3, 20, 20))  # 1, 4, H, W
+        expect = torch.sigmoid(torch.tensor(COLOR_DECORRELATION[j]))  # row j of C^T = column j of C
+        assert torch.allclose(out[0, :3, 5, 5], expect, atol=1e-6)
+        assert torch.allclose(out[0, 3, 5, 5], torch.tensor(0.5))  # alpha: plain sigmoid

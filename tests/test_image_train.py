@@ -134,3 +134,23 @@ def test_loop_accepts_a_warped_generator_input_as_video_will(clip):
     events = list(tr.run())
     assert len(events) == 2 and all(torch.isfinite(torch.tensor(ev.loss)) for ev in events)
     assert all(p.grad is not None for p in gen.parameters())
+
+
+def test_image_sampler_adds_the_unaugmented_full_image_every_75_steps(tmp_path):
+    import numpy as np
+
+    from t2l.image import ImageConfig, ImageRun
+    from t2l.prompts import make_prompts
+
+    work = torch.rand(1, 3, 140, 150)
+    rel = torch.rand(1, 1, 140, 150)
+    run = ImageRun(
+        tmp_path / "in.png", make_prompts("fire", roi="cake"), ImageConfig(), None, torch.device("cpu"),
+        tmp_path, 0, np.zeros((140, 150, 3), np.uint8), work, [], relevancy=rel,
+    )  # fmt: skip
+    rng = torch.Generator().manual_seed(0)
+    counts = {s: len(run._sample(s, rng)) for s in (0, 1, 74, 75, 76, 150)}
+    assert counts == {0: 2, 1: 1, 74: 1, 75: 2, 76: 1, 150: 2}
+    crop, full = run._sample(75, rng)
+    assert full.background is work and full.relevancy is rel  # un-augmented
+    assert crop.relevancy.shape[-2:] == crop.background.shape[-2:]  # the prior follows the crop geometry

@@ -107,3 +107,60 @@ def test_composite_and_greenscreen_values():
     assert torch.allclose(g[0, :, 0, 0], torch.tensor([0.25, 0.75 * GREEN[1], 0.75 * GREEN[2]]))
     (c.sum() + g.sum()).backward()
     assert rgba.grad.abs().sum() > 0
+
+
+def test_defaults_are_the_papers_and_references_numbers():
+    # paper A.2/A.3 and the reference implementation (method-facts.md); any drift here changes the method
+    from t2l.augment import CropConfig, ViewConfig
+    from t2l.losses import LossWeights
+    from t2l.prompts import COMP_TEMPLATES, SCREEN_TEMPLATES
+    from t2l.train import TrainConfig
+
+    assert COMP_TEMPLATES == (
+        "photo of {}.", "high quality photo of {}.", "a photo of {}.", "the photo of {}.",
+        "image of {}.", "an image of {}.", "high quality image of {}.", "a high quality image of {}.",
+        "the {}.", "a {}.", "{}.", "{}", "{}!", "{}...",
+    )  # fmt: skip
+    assert SCREEN_TEMPLATES == ("{} over a green screen.", "{} in front of a green screen.")
+    assert GREEN == (0.0, 177 / 255, 64 / 255)
+    w = LossWeights()
+    assert (w.structure, w.comp, w.screen, w.sparsity, w.l0, w.l1, w.bootstrap) == (
+        2,
+        1,
+        1,
+        6,
+        0.01,
+        0.01,
+        10,
+    )
+    t = TrainConfig()
+    assert (t.steps, t.lr, t.momentum, t.weight_decay, t.gamma, t.min_lr) == (
+        1000,
+        2.5e-3,
+        0.9,
+        0.01,
+        0.99,
+        1e-5,
+    )
+    assert (t.structure_short, t.structure_long_max, t.anneal_bootstrap) == (224, 380, True)
+    v = ViewConfig()
+    assert (v.n, v.short, v.long_max, v.crop, v.flip_p, v.affine_p, v.degrees, v.translate) == (
+        16,
+        224,
+        320,
+        (0.6, 1.0),
+        0.5,
+        0.8,
+        15.0,
+        0.1,
+    )
+    assert (v.perspective_p, v.distortion, v.jitter_p, v.jitter, v.gray_p, v.fill) == (
+        0.5,
+        0.4,
+        0.7,
+        0.1,
+        0.15,
+        1.0,
+    )
+    c = CropConfig()
+    assert (c.jitter_p, c.jitter, c.flip_p, c.scale, c.crop) == (0.1, 0.1, 0.5, (0.8, 1.2), (0.85, 1.0))
