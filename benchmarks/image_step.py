@@ -115,7 +115,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from t2l.augment import CropConfig, apply_crop, sample_crop
+    from t2l.augment import CropConfig, apply_crop, sample_crop, view_size
     from t2l.clip.model import ClipBackbone
     from t2l.device import resolve_device
     from t2l.image import ImageRun, resolve_config
@@ -152,7 +152,7 @@ def main() -> None:
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
     tcfg = run.trainer.cfg
-    view_hw = (tcfg.views.short, tcfg.views.short) if h == w else (tcfg.views.short, tcfg.views.long_max)
+    view_hw = view_size(h, w, tcfg.views)
     crop_side = round(h * 1.0 * 0.925)  # mean crop: scale E=1.0, crop fraction E=0.925
     s_hw = tuple(structure_resize(torch.zeros(1, 1, crop_side, crop_side), 224, 380).shape[-2:])
     gf1 = step_gflop(crop_side, crop_side, view_hw, a.views, s_hw, clip_bwd=1.0, bank=run.cfg.input_bank > 0)
