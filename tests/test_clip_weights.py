@@ -280,3 +280,121 @@ def test_hub_probe_gives_up_on_a_hanging_lookup(monkeypatch):
     release.set()
     monkeypatch.setattr(huggingface_hub.utils, "get_session", lambda: Answering())
     assert hub_reachable(timeout=2) is True
+
+
+def test_openai_torchscript_archive_always_builds_quickgelu(tiny_clip_files, tmp_path):
+    """A TorchScript .pt is OpenAI's own format: QuickGELU even when --clip-model says GELU."""
+    import open_clip
+
+    cfg = json.loads(Path(tiny_clip_files[0]).read_text())
+    cfg["quick_gelu"] = False
+    (tmp_path / "gelu.json").write_text(json.dumps(cfg))
+    ref = load_clip(tiny_spec(tiny_clip_files))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(ref.clip), str(tmp_path / "openai.pt"))
+    clip = load_clip(
+        ClipSpec(model=str(tmp_path / "gelu.json"), weights=str(tmp_path / "openai.pt"), offline=True)
+    )
+    acts = [
+        m for m in clip.visual.modules() if isinstance(m, (torch.nn.GELU, open_clip.transformer.QuickGELU))
+    ]
+    assert acts and all(isinstance(m, open_clip.transformer.QuickGELU) for m in acts)
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(clip.encode_image(x), ref.encode_image(x), atol=1e-6)
+    # a plain state dict says nothing about its origin: the config decides
+    r = resolve_weights(
+        ClipSpec(model=str(tmp_path / "gelu.json"), weights=str(tiny_clip_files[1]), offline=True)
+    )
+    assert r.model_cfg["quick_gelu"] is False
+
+
+def test_wrong_files_give_one_line_errors_naming_them(tiny_clip_files, tmp_path):
+    cfg, weights = tiny_clip_files
+    base = json.loads(Path(cfg).read_text())
+    (tmp_path / "empty.bin").write_bytes(b"")  # torch.load raises an EOFError with an empty message
+    (tmp_path / "adir").mkdir()
+    heads = {**base, "text_cfg": {**base["text_cfg"], "heads": 3}}  # width 32 not divisible by 3
+    (tmp_path / "heads.json").write_text(json.dumps(heads))
+    (tmp_path / "listy.json").write_text(json.dumps({**base, "vision_cfg": [1, 2]}))
+    bogus = {**base, "vision_cfg": {**base["vision_cfg"], "bogus": 1}}
+    (tmp_path / "bogus.json").write_text(json.dumps(bogus))
+    cases = [
+        (cfg, tmp_path / "empty.bin", "empty.bin"),
+        (cfg, tmp_path / "adir", "adir is a folder"),
+        (tmp_path / "adir", weights, "adir is a folder"),
+        (tmp_path / "heads.json", weights, "heads.json"),
+        (tmp_path / "listy.json", weights, "listy.json"),
+        (tmp_path / "bogus.json", weights, "bogus.json"),
+    ]
+    for model, w, expect in cases:
+        with pytest.raises(InputError) as e:
+            load_clip(ClipSpec(model=str(model), weights=str(w), offline=True))
+        msg = str(e.value)
+        assert expect in msg and "\n" not in msg and "\x1b" not in msg, msg
+
+
+def test_download_errors_stay_on_one_line(online_env, monkeypatch):
+    """huggingface_hub's HTTP errors span several lines; the message must not."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    import t2l.clip.weights as w
+
+    monkeypatch.setattr(w, "hub_reachable", lambda timeout=0: True)
+
+    def broken(repo_id, filename, **kw):
+        raise ConnectionError("502 Server Error: Bad Gateway\n\nRequest ID: abc\nretry later")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", broken)
+    with pytest.raises(WeightsUnavailable) as e:
+        resolve_weights(ClipSpec())
+    assert "\n" not in str(e.value) and "502 Server Error" in str(e.value)
+
+    def missing(repo_id, filename, **kw):
+        raise EntryNotFoundError(f"404 Client Error.\n\nEntry Not Found for url: {filename}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing)
+    with pytest.raises(WeightsUnavailable) as e:
+        resolve_weights(ClipSpec())
+    assert "\n" not in str(e.value) and "404 Client Error" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"HF_HOME": "{t}/home"}, "{t}/home/hub"),
+        ({"HF_HOME": "{t}/home", "HF_HUB_CACHE": "{t}/hub"}, "{t}/hub"),
+        ({"HF_HOME": "{t}/home", "HUGGINGFACE_HUB_CACHE": "{t}/legacy"}, "{t}/legacy"),
+        ({"HUGGINGFACE_HUB_CACHE": "{t}/legacy", "HF_HUB_CACHE": "{t}/hub"}, "{t}/hub"),
+        ({"XDG_CACHE_HOME": "{t}/xdg"}, "{t}/xdg/huggingface/hub"),
+        ({"HF_HOME": "~/hfhome"}, "~/hfhome/hub"),
+        ({}, "~/.cache/huggingface/hub"),
+    ],
+)
+def test_hf_cache_root_follows_huggingface_hub_rules(monkeypatch, tmp_path, env, expected):
+    from t2l.cache import hf_hub_cache_dir
+
+    for var in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value.format(t=tmp_path))
+    assert hf_hub_cache_dir() == Path(expected.format(t=tmp_path)).expanduser()
+    assert hf_hub_cache_dir(tmp_path / "flag") == tmp_path / "flag"  # --cache-dir wins over everything
+
+
+def test_hf_hub_repo_of_openai_weights_builds_quickgelu(tiny_clip_files, monkeypatch, tmp_path):
+    """hf-hub:timm/...openai: the registry says QuickGELU even if the repo's config leaves it out."""
+    cfg, weights = tiny_clip_files
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    gelu_cfg = {**json.loads(Path(cfg).read_text()), "quick_gelu": False}
+    files = {
+        "open_clip_config.json": json.dumps({"model_cfg": gelu_cfg}).encode(),
+        "open_clip_model.safetensors": weights,
+    }
+    for repo in (OPENAI_REPO, "someorg/gelu-clip"):
+        fake_hf_cache(tmp_path / "hf", repo, files)
+    r = resolve_weights(ClipSpec(weights=f"hf-hub:{OPENAI_REPO}", offline=True))
+    assert r.model_cfg["quick_gelu"] is True
+    r = resolve_weights(ClipSpec(weights="hf-hub:someorg/gelu-clip", offline=True))
+    assert r.model_cfg["quick_gelu"] is False  # unknown repo: its own config decides

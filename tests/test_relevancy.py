@@ -22,8 +22,9 @@ def clip(tiny_clip_files):
 def reference_relevancy(clip, x, text):
     """The recipe through open_clip's stock encode_image: the last block's nn.MultiheadAttention is
     swapped for one that returns attn @ v from its own need_weights probabilities, kept as a leaf."""
-    n = clip.native_size
-    xs = F.interpolate(x, size=(n, n), mode="bilinear", align_corners=False, antialias=True)
+    xs = F.interpolate(
+        x, size=tuple(clip.visual.image_size), mode="bilinear", align_corners=False, antialias=True
+    )
     mha = clip.clip.visual.transformer.resblocks[-1].attn
     kept = {}
     real_forward = mha.forward
@@ -132,3 +133,23 @@ def test_works_under_no_grad_and_inference_mode(clip):
         assert torch.equal(clip.relevancy(x, "a striped cat"), ref)
     with torch.inference_mode():
         assert torch.allclose(clip.relevancy(x.clone(), "a striped cat"), ref)
+
+
+def test_non_square_native_size_resizes_to_that_grid():
+    """A CLIP trained at a non-square size (grid 4 x 6): the map is computed on that grid, not n x n."""
+    import open_clip
+    from conftest import TINY_CLIP_CFG
+
+    from t2l.clip.model import ClipBackbone
+
+    torch.manual_seed(5)
+    vision = {**TINY_CLIP_CFG["vision_cfg"], "image_size": [64, 96]}
+    model = open_clip.CLIP(
+        embed_dim=32, quick_gelu=True, vision_cfg=vision, text_cfg=TINY_CLIP_CFG["text_cfg"]
+    )
+    clip = ClipBackbone.from_open_clip(model, "tiny-64x96", "random")
+    assert clip.native_grid == (4, 6)
+    x = torch.rand(2, 3, 80, 100)
+    rel = clip.relevancy(x, "a cat")
+    assert rel.shape == (2, 80, 100)
+    assert torch.allclose(rel, reference_relevancy(clip, x, "a cat"), atol=1e-4)

@@ -37,7 +37,7 @@ def load_clip(spec: ClipSpec, device: torch.device | str = "cpu", download_progr
     download_progress: tqdm-compatible class for the download bar (None = huggingface_hub's own).
     """
     r = resolve_weights(spec, download_progress=download_progress)
-    model = build_model(r.model_cfg)
+    model = build_model(r.model_cfg, r.model_name)
     load_weights_into(model, load_state_dict(r.path), r.path, r.model_name)
     tokenizer = _make_tokenizer(r.tokenizer_name, r.model_cfg)
     clip = ClipBackbone(model, r.model_name, r.source, mean=r.mean, std=r.std, tokenizer=tokenizer)

@@ -1,7 +1,7 @@
 """Relevancy maps: where in an image CLIP sees a text (Chefer et al., generic attention explainability).
 
 Text2LIVE uses the map of the ROI text to bootstrap the alpha channel early in training. Recipe:
-resize the image to CLIP's native square size; take the image-text logit; get its gradient
+resize the image to CLIP's native size (224x224); take the image-text logit; get its gradient
 w.r.t. the attention probabilities of the LAST visual block; cam = mean over heads of
 relu(grad * attn); keep the CLS row over the patch tokens; reshape to the patch grid; bilinear
 up to the input size; min-max normalise to [0,1] per image. One CLIP serves both features and
@@ -55,7 +55,7 @@ def relevancy_map(clip, x: torch.Tensor, text: str) -> torch.Tensor:
 
 def _relevancy(clip, x: torch.Tensor, text: str) -> torch.Tensor:
     B, _, H, W = x.shape
-    n = clip.native_size
+    native_hw = tuple(int(s) for s in clip.visual.image_size)  # 224, 224 for ViT-B/32
     if not isinstance(getattr(clip.blocks()[-1], "attn", None), torch.nn.MultiheadAttention):
         raise UsageError(
             f"relevancy maps need open_clip's standard attention blocks; {clip.model_name} uses custom ones",
@@ -63,7 +63,7 @@ def _relevancy(clip, x: torch.Tensor, text: str) -> torch.Tensor:
         )
     with torch.no_grad():
         xs = F.interpolate(
-            x.detach().float().clone(), size=(n, n), mode="bilinear", align_corners=False, antialias=True
+            x.detach().float().clone(), size=native_hw, mode="bilinear", align_corners=False, antialias=True
         )
         t = clip.embed_patches(xs)
         for blk in clip.blocks()[:-1]:

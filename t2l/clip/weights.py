@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -78,6 +79,10 @@ def resolve_weights(
         cfg_path, _ = fetch_from_hub(repo, (HUB_CONFIG,), cache, offline and why, download_progress, spec)
         hub_cfg = _read_json(cfg_path)
         model_cfg = hub_cfg.get("model_cfg", hub_cfg)
+        if isinstance(model_cfg, dict) and not model_cfg.get("quick_gelu") and _registry_quick_gelu(repo):
+            # open_clip's registry knows this repo's weights (e.g. OpenAI's) were trained with QuickGELU.
+            log.info("hf-hub:%s: quick_gelu=True, as the weights were trained", repo)
+            model_cfg = {**model_cfg, "quick_gelu": True}
         pre = hub_cfg.get("preprocess_cfg", {})
         path, filename = fetch_from_hub(repo, HUB_FILES, cache, offline and why, download_progress, spec)
         return ResolvedWeights(
@@ -92,11 +97,16 @@ def resolve_weights(
     name, model_cfg, tokenizer_name = model_config(spec.model)
     local = Path(weights).expanduser()
     if local.is_file():
+        if _is_torchscript(local) and not model_cfg.get("quick_gelu", False):
+            # Only OpenAI ships TorchScript CLIPs, and those were trained with QuickGELU.
+            log.info("%s is an OpenAI TorchScript archive: quick_gelu=True", local)
+            model_cfg = {**model_cfg, "quick_gelu": True}
         return ResolvedWeights(
             name, model_cfg, local.resolve(), str(local.resolve()), tokenizer_name=tokenizer_name
         )
     if _looks_like_path(weights):
-        raise InputError(f"CLIP weights file {weights} does not exist", "check the --clip-weights path")
+        what = "is a folder, not a file" if local.is_dir() else "does not exist"
+        raise InputError(f"CLIP weights file {weights} {what}", "check the --clip-weights path")
 
     if tokenizer_name is None:  # a JSON config has no pretrained registry entry
         raise UsageError(
@@ -134,6 +144,8 @@ def model_config(model: str) -> tuple[str, dict[str, Any], str | None]:
     if model.startswith("hf-hub:"):
         raise UsageError(f"--clip-model {model} is a hub repo", f"pass it as --clip-weights {model}")
     path = Path(model).expanduser()
+    if path.is_dir():
+        raise InputError(f"CLIP model config {model} is a folder", "pass a JSON model config file")
     if model.lower().endswith(".json") or path.is_file():
         if not path.is_file():
             raise InputError(f"CLIP model config {model} does not exist", "check the --clip-model path")
@@ -188,6 +200,19 @@ def hub_location(model: str, tag: str, pcfg: dict[str, Any] | None = None) -> tu
     if filename.endswith((".bin", ".pth")):  # prefer a safetensors twin, as open_clip does
         files = (filename.rsplit(".", 1)[0] + ".safetensors", filename)
     return repo, files
+
+
+def _registry_quick_gelu(repo: str) -> bool:
+    """True when open_clip's pretrained registry lists weights in HF repo `repo` trained with QuickGELU."""
+    import open_clip
+
+    for model, tag in open_clip.list_pretrained():
+        pcfg = open_clip.get_pretrained_cfg(model, tag)
+        hub = pcfg.get("hf_hub", "")
+        hub_repo = hub.rstrip("/") if hub.endswith("/") else hub.rsplit("/", 1)[0]
+        if hub and hub_repo == repo and pcfg.get("quick_gelu"):
+            return True
+    return False
 
 
 # ---- the HF hub cache and downloads -------------------------------------------------------------
@@ -270,10 +295,10 @@ def fetch_from_hub(
             ) from None
         except Exception as e:  # noqa: BLE001 - network errors mid-download
             raise _unavailable(
-                looked_for, cache_dir, f"the download failed ({type(e).__name__}: {e})", spec
+                looked_for, cache_dir, f"the download failed ({type(e).__name__}: {_first_line(e)})", spec
             ) from None
     raise WeightsUnavailable(
-        f"HF hub repo {repo} has none of {', '.join(files)} ({last})",
+        f"HF hub repo {repo} has none of {', '.join(files)} ({_first_line(last) if last else 'not found'})",
         "pass --clip-weights /path/to/file.safetensors",
     )
 
@@ -321,7 +346,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt, truncated, pickled code...
         raise InputError(
-            f"cannot read CLIP weights {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+            f"cannot read CLIP weights {path} ({type(e).__name__}: {_first_line(e)})",
             "pass a .safetensors, a torch state dict or OpenAI's TorchScript .pt",
         ) from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
@@ -333,11 +358,17 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     return sd
 
 
-def build_model(cfg: dict[str, Any]):
-    """An open_clip CLIP with random weights from a model config; ViT image towers only."""
+def build_model(cfg: dict[str, Any], name: str = "config"):
+    """An open_clip CLIP with random weights from a model config; ViT image towers only.
+
+    name: the model name or config path, for error messages.
+    """
     import open_clip
 
-    vision = cfg.get("vision_cfg", {})
+    for key in ("vision_cfg", "text_cfg"):
+        if not isinstance(cfg.get(key), dict):
+            raise InputError(f"CLIP model config {name}: {key!r} is not an object", "check the config fields")
+    vision = cfg["vision_cfg"]
     if "timm_model_name" in vision or isinstance(vision.get("layers"), (list, tuple)):
         raise UsageError(
             "t2l needs an open_clip ViT image tower (timm and ResNet towers are not supported)",
@@ -348,9 +379,10 @@ def build_model(cfg: dict[str, Any]):
     cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
     try:
         return cls(**cfg)
-    except (TypeError, KeyError, ValueError) as e:
+    except (TypeError, KeyError, ValueError, AssertionError, AttributeError, ZeroDivisionError) as e:
         raise InputError(
-            f"invalid CLIP model config ({type(e).__name__}: {e})", "check the config fields"
+            f"invalid CLIP model config {name} ({type(e).__name__}: {_first_line(e)})",
+            "check the config fields",
         ) from None
 
 
@@ -361,7 +393,7 @@ def load_weights_into(model, sd: dict[str, Any], path: Path, model_name: str) ->
         sd = {**sd, "logit_scale": sd["logit_scale"].reshape(own["logit_scale"].shape)}
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    shapes = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    shapes = [k for k in own if k in sd and tuple(getattr(sd[k], "shape", ())) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
         detail = "; ".join(
             f"{label} {len(keys)} (e.g. {', '.join(keys[:3])})"
@@ -376,10 +408,19 @@ def load_weights_into(model, sd: dict[str, Any], path: Path, model_name: str) ->
 
 
 def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
         return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def _first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception message (ANSI styling removed), at most 200 chars."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
+    return (lines[0] if lines else "no details")[:200]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
