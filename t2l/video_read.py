@@ -226,6 +226,11 @@ def _read_file(
             if not frames:
                 rotation = _rotation(frame)
             rgb = _to_rgb(frame, rotation)
+            if frames and rgb.shape[:2] != (h, w):  # the stream changed resolution mid-way
+                raise InputError(
+                    f"{path}: frame {i} is {rgb.shape[1]}x{rgb.shape[0]} but earlier frames are {w}x{h}",
+                    "re-encode the clip at one size (e.g. ffmpeg -i IN -vf scale=W:H OUT.mp4)",
+                )
             h, w = rgb.shape[:2]
             frames.append(resize_long_side(rgb, long_side))
             times.append(frame.time)

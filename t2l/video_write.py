@@ -153,8 +153,10 @@ class VideoWriter:
                     self._container.mux(packet)
         except BaseException as e:
             error = e
-        finally:
-            self._container.close()
+        try:
+            self._container.close()  # writes the trailer: can fail too (disk full)
+        except BaseException as e:
+            error = error or e
         if error is None:
             self._atomic.__exit__(None, None, None)  # rename into place
             return False

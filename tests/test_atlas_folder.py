@@ -120,3 +120,42 @@ def test_save_rejects_inconsistent_data(tmp_path):
     data.alpha = data.alpha[:, :10]
     with pytest.raises(InputError, match="alpha is"):
         save_atlas(tmp_path / "x", data)
+
+
+def test_model_state_loads_arrays_but_never_arbitrary_pickles(saved, tmp_path):
+    """model.pt of a fit (tensors, plain values, numpy packed masks) loads; a foreign pickle is refused."""
+    import torch
+
+    folder, _ = saved
+    state = {
+        "model": {"w": torch.ones(2)},
+        "run": {"size": 64},
+        "masks": np.packbits(np.ones((T, H, W), bool)),
+    }
+    torch.save(state, folder / "model.pt")
+    back = load_atlas(folder, with_frames=False)
+    np.testing.assert_array_equal(back.model_state["masks"], state["masks"])
+
+    marker = tmp_path / "executed"
+
+    class Payload:  # unpickling it would create `marker`
+        def __reduce__(self):
+            return (marker.touch, ())
+
+    torch.save({"x": Payload()}, folder / "model.pt")
+    with pytest.raises(InputError, match=r"model\.pt holds objects other than"):
+        load_atlas(folder, with_frames=False)
+    assert not marker.exists()
+
+
+def test_stride_divides_the_rate_of_every_written_video(tmp_path):
+    """Frames taken every 3rd source frame of a 30 fps clip play at 10 fps (same duration as the source)."""
+    from dataclasses import replace
+    from fractions import Fraction
+
+    data = translating_square_atlas()
+    data.info = replace(data.info, fps=Fraction(30), frame_indices=tuple(range(1, 1 + 3 * T, 3)))
+    save_atlas(tmp_path / "a", data)
+    assert json.loads((tmp_path / "a" / "atlas.json").read_text())["fps"] == "10/1"
+    for name in ("reconstruction.mp4", "checkerboard.mp4"):
+        assert read_video(tmp_path / "a" / name)[1].fps == 10

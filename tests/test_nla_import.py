@@ -158,3 +158,24 @@ def test_decoded_frames_with_their_info(tmp_path, frames_dir):
     b = import_nla(tmp_path / "checkpoint", frames_dir, atlas_size=16)
     np.testing.assert_array_equal(a.layer("fg").uv, b.layer("fg").uv)
     assert a.info == info and a.layer("bg").texture.shape == (16, 16, 4)
+
+
+def test_size_decodes_frames_already_shrunk(tmp_path, monkeypatch):
+    """With `size`, frames are resized as they are decoded: memory follows `size`, not the source."""
+    import t2l.video_read as video_read
+
+    rng = np.random.default_rng(1)
+    write_png_sequence(tmp_path / "big", rng.integers(0, 255, (T, 4 * H, 4 * W, 3), dtype=np.uint8))
+    _checkpoint(tmp_path / "checkpoint")
+    decoded = []
+    real = video_read.read_video
+
+    def spy(*args, **kwargs):
+        frames, info = real(*args, **kwargs)
+        decoded.append(frames.shape)
+        return frames, info
+
+    monkeypatch.setattr(video_read, "read_video", spy)
+    data = import_nla(tmp_path / "checkpoint", tmp_path / "big", size=(W, H), atlas_size=16)
+    assert decoded == [(T, H, W, 3)]  # never held at the source's 4x size
+    assert data.frames.shape == (T, H, W, 3) and (data.info.width, data.info.height) == (4 * W, 4 * H)

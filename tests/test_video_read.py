@@ -135,3 +135,26 @@ def test_bad_inputs(tmp_path):
             c.mux(p)
     with pytest.raises(InputError, match="no video stream"):
         read_video(wav)
+
+
+def test_resolution_change_mid_stream_is_one_line_error(tmp_path):
+    """Two MPEG-TS segments of different sizes, concatenated: a stream whose resolution changes."""
+    import av
+
+    parts = []
+    for i, (h, w) in enumerate([(16, 16), (24, 32)]):
+        seg = tmp_path / f"part{i}.ts"
+        with av.open(str(seg), "w", format="mpegts") as c:
+            s = c.add_stream("libx264", rate=Fraction(10))
+            s.height, s.width, s.pix_fmt = h, w, "yuv420p"
+            for f in _marked_frames(3, h, w):
+                for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+        parts.append(seg.read_bytes())
+    path = tmp_path / "joined.ts"
+    path.write_bytes(b"".join(parts))
+    with pytest.raises(InputError, match=r"frame 3 is 32x24 but earlier frames are 16x16"):
+        read_video(path)
+    assert len(read_video(path, max_frames=3)[0]) == 3

@@ -75,3 +75,26 @@ def test_writer_leaves_nothing_on_error(tmp_path):
     with pytest.raises(UsageError, match=r"uint8 \[H, W, 4\]"):
         write_alpha_video(path.with_suffix(".mov"), [np.zeros((8, 8, 3), np.uint8)], Fraction(24), "prores")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_cleans_up_when_closing_fails(tmp_path):
+    """A failure while writing the trailer (e.g. disk full) still removes the temporary file."""
+    from t2l.video_write import VideoWriter
+
+    class FailingClose:  # the real container, whose close() then reports a full disk
+        def __init__(self, container):
+            self._c = container
+
+        def __getattr__(self, name):
+            return getattr(self._c, name)
+
+        def close(self):
+            self._c.close()
+            raise OSError(28, "No space left on device")
+
+    path = tmp_path / "x.mp4"
+    with pytest.raises(OSError, match="No space left"):
+        with VideoWriter(path, Fraction(24), "mp4") as w:
+            w.write(np.zeros((16, 16, 3), np.uint8))
+            w._container = FailingClose(w._container)
+    assert list(tmp_path.iterdir()) == []

@@ -405,11 +405,24 @@ def _load_model(path: Path) -> dict:
 
     if not path.is_file():
         raise _missing(path)
+    # An atlas folder may come from someone else: never unpickle arbitrary objects. Beyond tensors and
+    # plain values, t2l's fit state holds numpy arrays (the packed masks), so allow exactly those.
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's _reconstruct, wherever numpy keeps it
+    arrays = [reconstruct, np.ndarray, np.dtype, *{type(np.dtype(c)) for c in "?bBhHiIlLqQefdg"}]
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Written by t2l itself (configs may be dataclasses): the folder is the user's own output.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(arrays):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        raise InputError(
+            f"{path} holds objects other than tensors, arrays and plain values"
+            + (f" ({found.group(1)})" if found else "")
+            + "; t2l does not unpickle them",
+            "delete model.pt (only --resume needs it) if the rest of the atlas is fine, or "
+            + _redo(_atlas_root(path)),
+        ) from None
+    except (RuntimeError, OSError, EOFError) as e:
+        raise InputError(f"cannot read {path}: {e}", _redo(_atlas_root(path))) from None
 
 
 def _load_json(path: Path) -> dict:

@@ -225,8 +225,8 @@ def import_nla(
             decoded (uint8 [T, H, W, 3]) are accepted too, with their VideoInfo as `info` (or in the
             place of `out`: import_nla(ckpt, frames, info)).
         out: atlas folder to write (None: only return the data).
-        max_frames: use only the first frames (T stays as in the video unless the model was trained
-            on exactly these).
+        max_frames: use only the first frames. T in the time normalisation is the number of frames
+            used, so pass the count the model was trained on (NLA trains on the first frames of a clip).
         size: (width, height) to resize the frames to, e.g. (768, 432) as NLA trains.
         atlas_size: side of both atlas images in px (fg over [0,1]^2; bg over the square bounding box
             of the used background uv).
@@ -255,7 +255,8 @@ def import_nla(
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise UsageError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
     else:
-        frames, info = read_video(frames_path, max_frames=max_frames)
+        # decode already shrunk (frame by frame) so memory follows `size`, not the source resolution
+        frames, info = read_video(frames_path, max_frames=max_frames, long_side=max(size) if size else None)
     if size is not None:
         import cv2
 
