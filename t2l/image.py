@@ -180,7 +180,7 @@ class ImageRun:
         ckpt = Path(out_dir) / "checkpoint.pt"
         if resume and ckpt.exists():
             try:
-                state = torch.load(ckpt, map_location="cpu", weights_only=False)
+                state = torch.load(ckpt, map_location="cpu", weights_only=True)
             except Exception as e:  # noqa: BLE001
                 raise InputError(f"checkpoint {ckpt} is unreadable ({e})", "rerun with --overwrite") from None
             cfg = ImageConfig.from_dict(state["config"])

@@ -35,7 +35,7 @@ def _load_run(run_dir: Path) -> tuple[dict, dict]:
     import torch
 
     try:
-        ckpt = torch.load(gp, map_location="cpu", weights_only=False)
+        ckpt = torch.load(gp, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise InputError(f"{gp} is unreadable ({e})", "rerun `t2l image --overwrite`") from None
     return info, ckpt
