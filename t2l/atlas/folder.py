@@ -310,7 +310,7 @@ def load_atlas(folder: str | Path, with_frames: bool = True) -> AtlasData:
     flow = None
     if "flow" in files:
         flow = _load_flow(folder / files["flow"], (t - 1, h, w))
-    model_state = _load_model(folder / files["model"]) if "model" in files else None
+    model_state = load_model_state(folder / files["model"]) if "model" in files else None
     metrics = _load_json(folder / files.get("metrics", "metrics.json"))
     psnr = [float(p) for p in metrics.get("psnr", [])]
 
@@ -398,7 +398,8 @@ def _load_flow(path: Path, shape: tuple) -> dict[str, np.ndarray]:
     return flow
 
 
-def _load_model(path: Path) -> dict:
+def load_model_state(path: Path) -> dict:
+    """model.pt (the fit state) without unpickling anything but tensors, numpy arrays and plain values."""
     import pickle
 
     import torch

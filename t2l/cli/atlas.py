@@ -12,15 +12,16 @@ from t2l.cli.common import (
     DeviceOpt,
     JsonOpt,
     SeedOpt,
-    check_output_dir,
     emit_json,
     handle_errors,
     info,
     make_progress,
+    output_dir,
 )
 from t2l.errors import InputError, UsageError
 
 MIN_FRAMES = 3
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 CHECKPOINT_EVERY_S = 120.0
 
 
@@ -81,6 +82,10 @@ def atlas(
         raise UsageError(f"--steps {steps} must be >= 0", "pass a positive number of steps")
     if size is not None and size < 32:
         raise UsageError(f"--size {size} is too small", "use at least 32 px (432 is the CPU default)")
+    if start < 0:
+        raise UsageError(f"--start {start} must be >= 0", "frames are counted from 0")
+    if stride < 1:
+        raise UsageError(f"--stride {stride} must be >= 1", "use 1 for every frame, 2 for every other one")
     if max_frames < MIN_FRAMES:
         raise UsageError(f"--max-frames {max_frames} is too few", f"use at least {MIN_FRAMES}")
     if masks is not None and layers == 1:
@@ -89,30 +94,25 @@ def atlas(
         raise UsageError("--resume and --overwrite contradict each other", "pick one")
     if not video.exists():
         raise InputError(f"video not found: {video}", "check the path")
+    if video.is_file() and video.suffix.lower() in _IMAGE_SUFFIXES:
+        raise InputError(
+            f"{video} is a still image, not a video",
+            "pass a video or a folder of frames (use `t2l image` to edit a photo)",
+        )
     if (output / "atlas.json").exists() and not (overwrite or resume):
         raise UsageError(f"{output} already holds an atlas", "pass --overwrite to replace it, or another -o")
+    if (output / "model.pt").is_file() and not (output / "atlas.json").exists() and not (overwrite or resume):
+        raise UsageError(
+            f"{output} holds an unfinished fit (model.pt)",
+            "add --resume to continue it or --overwrite to restart",
+        )
     if resume and not (output / "model.pt").is_file():
         raise UsageError(f"nothing to resume in {output} (no model.pt)", "run without --resume")
-    check_output_dir(output)
-
-    if from_nla is not None:
-        return _import_nla(video, from_nla, output, start, max_frames, stride, size, device, json_out)
-    _fit(
-        video,
-        output,
-        start,
-        max_frames,
-        stride,
-        size,
-        layers,
-        masks,
-        preset,
-        steps,
-        device,
-        seed,
-        resume,
-        json_out,
-    )
+    with output_dir(output):  # a fit that fails before writing anything leaves no empty folder
+        if from_nla is not None:
+            return _import_nla(video, from_nla, output, start, max_frames, stride, size, device, json_out)
+        _fit(video, output, start, max_frames, stride, size, layers, masks, preset, steps, device, seed,
+             resume, json_out)  # fmt: skip
 
 
 def _import_nla(video, checkpoint, output, start, max_frames, stride, size, device, json_out) -> None:
@@ -154,7 +154,7 @@ def _fit(video, output, start, max_frames, stride, size, layers, masks, preset, 
     from t2l import __version__
     from t2l.atlas.fit import AtlasFitter, FitConfig
     from t2l.atlas.flow import FlowConfig, compute_flows
-    from t2l.atlas.folder import AtlasData, AtlasLayer, save_atlas
+    from t2l.atlas.folder import AtlasData, AtlasLayer, load_model_state, save_atlas
     from t2l.atlas.masks import motion_masks, read_masks
     from t2l.device import resolve_device
     from t2l.files import torch_save_atomic
@@ -163,7 +163,14 @@ def _fit(video, output, start, max_frames, stride, size, layers, masks, preset, 
     dev = resolve_device(device)
     state = None
     if resume:
-        state = torch.load(output / "model.pt", map_location="cpu", weights_only=False)
+        try:
+            state = load_model_state(output / "model.pt")
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many ways
+            raise InputError(
+                f"cannot read {output / 'model.pt'} ({type(e).__name__}: {e})", "start again with --overwrite"
+            ) from None
         if not isinstance(state, dict) or "run" not in state:
             raise InputError(f"{output / 'model.pt'} is not a t2l atlas fit state", "run without --resume")
         run = dict(state["run"])
@@ -197,6 +204,11 @@ def _fit(video, output, start, max_frames, stride, size, layers, masks, preset, 
                 f"{output / 'model.pt'} was fitted on {saved['frames']} frames of {saved['width']}x{saved['height']}, "
                 f"but {video} gives {T} frames of {W}x{H}",
                 "resume with the same video, or start again with --overwrite",
+            )
+        if run["steps"] is not None and state["step"] >= run["steps"] and (output / "atlas.json").exists():
+            raise UsageError(
+                f"{output} is already fitted ({state['step']} steps)",
+                f"pass --steps above {state['step']} to keep fitting, or --overwrite to start again",
             )
     settings = preset_settings(run["preset"], T)
     if run["steps"] is None:
@@ -243,6 +255,7 @@ def _fit(video, output, start, max_frames, stride, size, layers, masks, preset, 
     info(
         f"{T} frames {W}x{H}, {run['layers']} layer(s), masks: {mask_source or 'none'}, {run['steps']} steps on {dev.type}"
     )
+    (output / "atlas.json").unlink(missing_ok=True)  # from here on the folder holds an unfinished fit
     t0 = time.perf_counter()
     last_save = time.perf_counter()
     try:

@@ -6,6 +6,7 @@ turns those into one-line errors, exit codes, Rich progress bars and JSON lines.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -201,6 +202,11 @@ def handle_errors(fn: Callable) -> Callable:
 
 def check_output_dir(path: Path) -> Path:
     """Create `path` (and parents) or fail with a one-line error naming it."""
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise T2LError(
+            f"cannot write to output folder {path}: {blocker} is a file, not a folder", "choose another -o"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".t2l-write-test"
@@ -211,3 +217,20 @@ def check_output_dir(path: Path) -> Path:
             f"cannot write to output folder {path}: {e.strerror or e}", "choose another -o"
         ) from None
     return path
+
+
+@contextlib.contextmanager
+def output_dir(path: Path):
+    """check_output_dir(path) for the body; if the body fails, the folders it created here that are
+    still empty are removed again (a failed run leaves no empty output folder behind)."""
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    check_output_dir(path)
+    try:
+        yield path
+    except BaseException:
+        for p in created:  # deepest first; stops at the first one that holds something
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise

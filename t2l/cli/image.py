@@ -21,11 +21,11 @@ from t2l.cli.common import (
     JsonOpt,
     OfflineOpt,
     SeedOpt,
-    check_output_dir,
     emit_json,
     err_console,
     info,
     make_progress,
+    output_dir,
 )
 from t2l.cli.common import handle_errors as _handle_errors
 from t2l.errors import InputError, Interrupted, ResourceError, T2LError, UsageError, WeightsUnavailable
@@ -177,6 +177,9 @@ def image(
         raise UsageError(
             "generator depth and width must be >= 1", "leave --gen-depth/--gen-width at defaults"
         )
+    for name, value in (("--steps", steps), ("--views", views)):
+        if value is not None and value < 1:  # 0 would silently fall back to the preset's value
+            raise UsageError(f"{name} {value} must be >= 1", f"pass {name} 1 or more, or leave it out")
     images = [Path(a) for a in image_args]
     outs = output_dirs(images, output)
 
@@ -190,6 +193,11 @@ def image(
 
     dev = resolve_device(device)
     gen_cfg = GeneratorConfig(depth=gen_depth, width=gen_width)
+    if size is not None and size < gen_cfg.min_size:  # 0 would silently fall back to the preset's size
+        raise UsageError(
+            f"--size {size} is below the generator's minimum side {gen_cfg.min_size}",
+            f"use --size >= {gen_cfg.min_size}",
+        )
     cfg, note = resolve_config(preset, dev.type, steps, size, views, save_every, gen_cfg, precision)
     if note:
         info(note)
@@ -226,7 +234,7 @@ def image(
 
 
 def _run_one(path, out, prompts, cfg, get_clip, dev, seed, resume, overwrite, show_roi, json_out) -> dict:
-    from t2l.image import ImageRun, output_state
+    from t2l.image import output_state
     from t2l.imageio import read_image
 
     state = output_state(out) if out.exists() else "empty"
@@ -239,10 +247,16 @@ def _run_one(path, out, prompts, cfg, get_clip, dev, seed, resume, overwrite, sh
                 f"{out} holds an unfinished run", "add --resume to continue it or --overwrite to restart"
             )
     read_image(path)  # fail on a bad input before loading CLIP (seconds) for it
-    check_output_dir(out)
-    run = ImageRun.prepare(
-        path, prompts, cfg, get_clip(), dev, out, seed=seed, resume=resume and state == "partial"
-    )
+    with output_dir(out):  # a run that fails before writing anything leaves no empty folder
+        return _train_one(
+            path, out, prompts, cfg, get_clip, dev, seed, resume and state == "partial", show_roi
+        )
+
+
+def _train_one(path, out, prompts, cfg, get_clip, dev, seed, resume, show_roi) -> dict:
+    from t2l.image import ImageRun
+
+    run = ImageRun.prepare(path, prompts, cfg, get_clip(), dev, out, seed=seed, resume=resume)
     for n in run.notes:
         info(n)
     if show_roi:

@@ -21,6 +21,7 @@ from t2l.cli.common import (
     info,
     is_quiet,
 )
+from t2l.errors import UsageError
 
 models_app = typer.Typer(
     name="models",
@@ -93,6 +94,10 @@ def list_(cache_dir: CacheDirOpt = None, json_out: JsonOpt = False) -> None:
     from t2l.cache import hf_hub_cache_dir
 
     root = hf_hub_cache_dir(cache_dir)
+    if root.exists() and not root.is_dir():
+        raise UsageError(
+            f"the HF cache {root} is a file, not a folder", "pass a folder to --cache-dir or HF_HUB_CACHE"
+        )
     rows = cached_clip_files(root)
     if json_out:
         for row in rows:

@@ -157,7 +157,10 @@ def _render_atlas(folder, output, fg, bg, formats, frames, resolution, crf, over
     from t2l.atlas.render import load_edit, render_to_files
 
     if resolution not in ("working", "source"):
-        raise UsageError(f"--resolution must be working or source, got {resolution!r}")
+        raise UsageError(
+            f"--resolution must be working or source, got {resolution!r}",
+            "use working (atlas frames) or source (decode the source video again)",
+        )
     if not 0 <= crf <= 51:
         raise UsageError(f"--crf must be in 0..51, got {crf}", "17-23 is the usual range")
     plan = plan_outputs(output, formats)
@@ -218,6 +221,7 @@ def _render_image(folder, output, input_image, size, device, overwrite, as_json)
         ) from None
     if output.is_file() and not overwrite:
         raise UsageError(f"{output} already exists", "pass --overwrite or choose another -o")
+    _check_writable(output, False)
     t0 = time.perf_counter()
     result = render_image_run(folder, output, input=input_image, size=size, device=device)
     outputs = result.get("outputs", {}) if isinstance(result, dict) else {}
