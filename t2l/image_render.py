@@ -29,9 +29,12 @@ def _load_run(run_dir: Path) -> tuple[dict, dict]:
             f"{run_dir} is not an image run (run.json kind={info.get('kind')!r})", "pass a `t2l image` folder"
         )
     if not gp.exists():
-        raise InputError(
-            f"{gp} is missing (run status: {info.get('status')})", "finish the run with `t2l image --resume`"
+        fix = (
+            "finish the run with `t2l image ... --resume`"
+            if info.get("status") == "interrupted"
+            else "re-run `t2l image ... --overwrite` on that folder"
         )
+        raise InputError(f"{gp} is missing (run status: {info.get('status')})", fix)
     import torch
 
     try:

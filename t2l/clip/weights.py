@@ -346,7 +346,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt, truncated, pickled code...
         raise InputError(
-            f"cannot read CLIP weights {path} ({type(e).__name__}: {_first_line(e)})",
+            f"cannot read CLIP weights {path} ({_why_unreadable(e)})",
             "pass a .safetensors, a torch state dict or OpenAI's TorchScript .pt",
         ) from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
@@ -415,6 +415,15 @@ def _is_torchscript(path: Path) -> bool:
             return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
+
+
+def _why_unreadable(e: Exception) -> str:
+    """A short reason for a weights file torch/safetensors refused (torch's unpickling text is a paragraph)."""
+    import pickle
+
+    if isinstance(e, pickle.UnpicklingError):
+        return "not a torch state dict of tensors (or it holds pickled objects, which t2l never loads)"
+    return f"{type(e).__name__}: {_first_line(e)}"
 
 
 def _first_line(e: BaseException) -> str:
