@@ -174,3 +174,18 @@ def test_nothing_moves_falls_back_to_one_layer(clip_dir, tmp_path):
     assert "no moving object found" in r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["layers"] == ["bg"] and summary["psnr_mean"] > 40  # a still clip is its own atlas
+
+
+def test_a_clip_cut_short_by_max_frames_says_so(clip_dir, tmp_path):
+    frames, _, _ = clip_dir  # 6 frames
+    r = runner.invoke(
+        app, ["atlas", str(frames), "-o", str(tmp_path / "cut"), "--max-frames", "4", "--json", *FAST]
+    )
+    _ok(r)
+    assert json.loads(r.stdout.strip().splitlines()[-1])["frames"] == 4
+    assert "has more frames: fitting 4" in r.stderr
+    index = json.loads((tmp_path / "cut" / "atlas.json").read_text())
+    assert index["frames"] == 4
+    r = runner.invoke(app, ["atlas", str(frames), "-o", str(tmp_path / "all"), "--max-frames", "6", *FAST])
+    _ok(r)
+    assert "has more frames" not in r.stderr

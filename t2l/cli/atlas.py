@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -190,7 +191,17 @@ def _fit(video, output, start, max_frames, stride, size, layers, masks, preset, 
 
     timings = {}
     t0 = time.perf_counter()
-    frames, vinfo = read_video(video, run["start"], run["max_frames"], run["stride"], long_side=run["size"])
+    # One frame more than asked tells whether the clip was cut short, so the user hears about it.
+    frames, vinfo = read_video(
+        video, run["start"], run["max_frames"] + 1, run["stride"], long_side=run["size"]
+    )
+    if len(frames) > run["max_frames"]:
+        n = run["max_frames"]
+        frames = frames[:n]
+        vinfo = dataclasses.replace(
+            vinfo, timestamps=vinfo.timestamps[:n], frame_indices=vinfo.frame_indices[:n]
+        )
+        info(f"{video} has more frames: fitting {n} (raise --max-frames, or use --start/--stride)")
     T, H, W = frames.shape[:3]
     if T < MIN_FRAMES:
         raise InputError(
