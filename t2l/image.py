@@ -41,7 +41,6 @@ PRESETS = {
     "draft": {"size": 256, "steps": 200, "views": 8},
 }
 PRESET_NAMES = ("auto", "draft", "paper")
-OUTPUT_NAMES = ("edit.png", "composite.png", "greenscreen.png", "alpha.png")
 
 
 @dataclass(frozen=True)
@@ -347,15 +346,8 @@ class ImageRun:
         done: a finished run never needs it, and batch runs over many photos would keep gigabytes.
         """
         t0 = time.perf_counter()
-        layer = self.render_layer()
         out = self.out_dir
-        green = np.broadcast_to(np.round(np.array(GREEN) * 255).astype(np.uint8), self.original.shape)
-        paths = {
-            "edit": save_png(layer, out / "edit.png"),
-            "composite": save_png(composite_uint8(layer, self.original), out / "composite.png"),
-            "greenscreen": save_png(composite_uint8(layer, green), out / "greenscreen.png"),
-            "alpha": save_png(layer[..., 3], out / "alpha.png"),
-        }
+        paths = write_layer_outputs(self.render_layer(), self.original, out)
         gen = self.trainer.generator
         torch_save_atomic(
             {
@@ -418,6 +410,20 @@ def render_layer(generator: Generator, x: torch.Tensor, size: tuple[int, int]) -
     if tuple(rgba.shape[-2:]) != tuple(size):
         rgba = F.interpolate(rgba, size=tuple(size), mode="bilinear", align_corners=False).clamp(0, 1)
     return to_uint8(rgba)
+
+
+def write_layer_outputs(layer: np.ndarray, original: np.ndarray, out: Path) -> dict[str, Path]:
+    """Write edit.png (the RGBA layer), composite.png, greenscreen.png and alpha.png into folder `out`.
+
+    layer: [H0,W0,4] uint8, straight alpha; original: [H0,W0,3] uint8 RGB. Returns {name: path}.
+    """
+    green = np.broadcast_to(np.round(np.array(GREEN) * 255).astype(np.uint8), original.shape)
+    return {
+        "edit": save_png(layer, out / "edit.png"),
+        "composite": save_png(composite_uint8(layer, original), out / "composite.png"),
+        "greenscreen": save_png(composite_uint8(layer, green), out / "greenscreen.png"),
+        "alpha": save_png(layer[..., 3], out / "alpha.png"),
+    }
 
 
 def output_state(out_dir: Path) -> str:

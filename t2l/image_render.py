@@ -57,9 +57,8 @@ def render_image_run(
 
     from t2l.device import resolve_device
     from t2l.generator import Generator, GeneratorConfig
-    from t2l.image import render_layer
+    from t2l.image import render_layer, write_layer_outputs
     from t2l.imageio import composite_uint8, pil_to_tensor, read_image, resize_short, save_png
-    from t2l.losses import GREEN
 
     run_dir, out = Path(run_dir), Path(out)
     info, ckpt = _load_run(run_dir)
@@ -78,7 +77,6 @@ def render_image_run(
     original = np.asarray(image, dtype=np.uint8)
     with torch.no_grad():
         layer = render_layer(gen, work, original.shape[:2])
-    green = np.broadcast_to(np.round(np.array(GREEN) * 255).astype(np.uint8), original.shape)
     if out.suffix.lower() in IMAGE_SUFFIXES:
         paths = {
             "composite": save_png(composite_uint8(layer, original), out),
@@ -86,12 +84,7 @@ def render_image_run(
         }
     else:
         out.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "edit": save_png(layer, out / "edit.png"),
-            "composite": save_png(composite_uint8(layer, original), out / "composite.png"),
-            "greenscreen": save_png(composite_uint8(layer, green), out / "greenscreen.png"),
-            "alpha": save_png(layer[..., 3], out / "alpha.png"),
-        }
+        paths = write_layer_outputs(layer, original, out)
     return {
         "status": "done",
         "run": str(run_dir),

@@ -95,10 +95,14 @@ def to_uint8(x) -> np.ndarray:
     return np.clip(np.round(x.permute(1, 2, 0).numpy() * 255.0), 0, 255).astype(np.uint8)
 
 
-def save_png(array: np.ndarray, path: str | Path) -> Path:
-    """Write an 8-bit array [H,W] (L), [H,W,3] (RGB) or [H,W,4] (RGBA, straight alpha) atomically."""
+def save_png(array: np.ndarray, path: str | Path, compress_level: int | None = None) -> Path:
+    """Write an 8-bit array [H,W] (L), [H,W,3] (RGB) or [H,W,4] (RGBA, straight alpha) atomically.
+
+    compress_level: zlib level 0-9 (None: Pillow's default); 1 for bulk frames (fast, larger files).
+    """
     mode = {2: "L", 3: "RGB", 4: "RGBA"}[array.shape[2] if array.ndim == 3 else 2]
-    save_image_atomic(Image.fromarray(np.ascontiguousarray(array), mode), path)
+    kwargs = {} if compress_level is None else {"compress_level": compress_level}
+    save_image_atomic(Image.fromarray(np.ascontiguousarray(array), mode), path, **kwargs)
     return Path(path)
 
 

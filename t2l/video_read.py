@@ -118,14 +118,15 @@ def _select(items: Iterable, start: int, max_frames: int | None, stride: int) ->
             return
 
 
-def _natural_key(p: Path) -> list:
+def natural_key(p: Path) -> list:
+    """Sort key for file names with numbers in them: frame2.png before frame10.png."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
 
 
 def _folder_images(folder: Path) -> list[Path]:
     files = sorted(
         (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
-        key=_natural_key,
+        key=natural_key,
     )
     if not files:
         raise InputError(f"no images in folder {folder}", f"put frames there as {'/'.join(IMAGE_SUFFIXES)}")

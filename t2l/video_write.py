@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from t2l.errors import InputError, UsageError
-from t2l.files import atomic_path, save_image_atomic
+from t2l.files import atomic_path
 
 # format name -> (encoder, container suffix, pixel format); what `t2l render --format` can write
 ENCODERS = {
@@ -204,11 +204,8 @@ def write_png_sequence(folder: str | Path, frames: Iterable[np.ndarray] | np.nda
 
 def save_png_frame(folder: str | Path, index: int, frame: np.ndarray) -> Path:
     """Write one frame of a PNG sequence, folder/{index:05d}.png (RGB or RGBA straight alpha), atomically."""
-    from PIL import Image
+    from t2l.imageio import save_png
 
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in (3, 4):
         raise UsageError(f"frame {index} must be uint8 [H, W, 3|4], got {frame.dtype} {list(frame.shape)}")
-    path = Path(folder) / f"{index:05d}.png"
-    mode = "RGBA" if frame.shape[2] == 4 else "RGB"
-    save_image_atomic(Image.fromarray(np.ascontiguousarray(frame), mode), path, compress_level=1)
-    return path
+    return save_png(frame, Path(folder) / f"{index:05d}.png", compress_level=1)

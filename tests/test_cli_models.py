@@ -93,7 +93,7 @@ def test_download_when_cached_touches_no_network(hf_cache, monkeypatch):
 
 
 def test_download_progress_class_speaks_tqdm():
-    from t2l.cli.models import download_progress_class
+    from t2l.cli.common import download_progress_class
 
     cls = download_progress_class()
     bar = cls(

@@ -31,11 +31,10 @@ import numpy as np
 
 from t2l import __version__
 from t2l.errors import InputError
-from t2l.files import atomic_path, save_image_atomic, torch_save_atomic, write_bytes_atomic, write_json_atomic
+from t2l.files import atomic_path, torch_save_atomic, write_bytes_atomic, write_json_atomic
 from t2l.video_read import VideoInfo
 
 FORMAT_VERSION = 1
-LAYER_NAMES = ("bg", "fg")
 
 
 @dataclass
@@ -207,9 +206,9 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def _save_png(path: Path, arr: np.ndarray) -> None:
-    from PIL import Image
+    from t2l.imageio import save_png
 
-    save_image_atomic(Image.fromarray(np.ascontiguousarray(arr)), path, compress_level=1)
+    save_png(arr, path, compress_level=1)
 
 
 def _write_numbered(folder: Path, frames: np.ndarray, count: int) -> None:
@@ -217,8 +216,13 @@ def _write_numbered(folder: Path, frames: np.ndarray, count: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         _save_png(folder / f"{i:05d}.png", frames[i])
-    for p in folder.glob("*.png"):
-        if re.fullmatch(r"\d{5}", p.stem) and int(p.stem) >= count:
+    remove_numbered_after(folder, count)
+
+
+def remove_numbered_after(folder: Path, count: int) -> None:
+    """Delete 00042.png-style frames numbered >= count (left by an earlier, longer clip or render)."""
+    for p in folder.glob("[0-9][0-9][0-9][0-9][0-9].png"):
+        if int(p.stem) >= count:
             p.unlink()
 
 

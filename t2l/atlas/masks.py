@@ -9,7 +9,6 @@ refines it from the colours. Masks are saved in the atlas folder (masks/) for in
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +16,7 @@ import cv2
 import numpy as np
 
 from t2l.errors import InputError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from t2l.video_read import IMAGE_SUFFIXES, natural_key
 
 
 @dataclass(frozen=True)
@@ -227,10 +225,6 @@ def motion_masks(
     return masks, homs
 
 
-def _natural_key(p: Path) -> list:
-    return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", p.name)]
-
-
 def read_masks(folder: str | Path, indices: list[int], size: tuple[int, int]) -> np.ndarray:
     """Read user masks (one image per frame, sorted naturally; white or opaque = foreground).
 
@@ -243,7 +237,7 @@ def read_masks(folder: str | Path, indices: list[int], size: tuple[int, int]) ->
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"mask folder {folder} does not exist", "pass a folder of PNG masks, one per frame")
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
     if len(files) == len(indices):
         chosen = files
     elif files and len(files) > max(indices):

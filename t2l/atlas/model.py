@@ -64,12 +64,12 @@ class LayerMapping(nn.Module):
         self.register_buffer("h0", h0.float())  # T, 3, 3: normalised frame coords -> normalised atlas coords
         self.dh = nn.Parameter(torch.zeros(T, 8))  # T, 8: correction I + dh, in normalised frame units
         self.disp = nn.Parameter(torch.zeros(T, 2, *grid))  # T, 2, gh, gw: displacement in atlas uv units
+        self.register_buffer("eye", torch.eye(3), persistent=False)  # 3, 3; built once, not saved
 
     def homographies(self, t: torch.Tensor) -> torch.Tensor:
         """B frame indices -> B, 3, 3."""
         d = F.pad(self.dh[t], (0, 1))  # B, 9 (h33 stays 1)
-        eye = torch.eye(3, device=d.device).expand(len(t), 3, 3)
-        return self.h0[t] @ (eye + d.view(-1, 3, 3))
+        return self.h0[t] @ (self.eye + d.view(-1, 3, 3))
 
     def forward(self, t: torch.Tensor, xy1: torch.Tensor) -> torch.Tensor:
         """uv for frames t (B,) at homogeneous normalised frame coords xy1 (H, W, 3). Returns B, H, W, 2."""

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from t2l.atlas.folder import AtlasData, AtlasLayer, save_atlas
+from t2l.atlas.folder import AtlasData, AtlasLayer, atlas_to_pixels, save_atlas
 from t2l.errors import InputError, UsageError
 from t2l.video_read import VideoInfo
 
@@ -350,9 +350,8 @@ def import_nla(
 
 def _coverage(uv: np.ndarray, uv_to_px, weight: np.ndarray, n: int) -> np.ndarray:
     """Max of `weight` [T, H, W] over the frame pixels landing in each atlas pixel -> [n, n] in [0, 1]."""
-    sx, ox, sy, oy = uv_to_px
-    px = np.floor(uv[..., 0] * sx + ox).astype(np.int64).ravel()
-    py = np.floor(uv[..., 1] * sy + oy).astype(np.int64).ravel()
+    xy = np.floor(atlas_to_pixels(uv, uv_to_px)).astype(np.int64)  # T, H, W, 2
+    px, py = xy[..., 0].ravel(), xy[..., 1].ravel()
     ok = (px >= 0) & (px < n) & (py >= 0) & (py < n)
     cover = np.zeros(n * n, np.float32)
     np.maximum.at(cover, py[ok] * n + px[ok], weight.ravel()[ok].astype(np.float32))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from t2l.atlas.folder import AtlasData, AtlasLayer
+from t2l.atlas.folder import AtlasData, AtlasLayer, remove_numbered_after
 from t2l.errors import InputError, UsageError
 
 # Checkerboard preview colours (RGB) per layer: background blue/white, foreground red/yellow.
@@ -257,11 +257,4 @@ def render_to_files(
             yield t + 1
     for folder in (outputs.get("png"), frames_dir):
         if folder is not None:
-            _remove_numbered_after(Path(folder), t + 1)
-
-
-def _remove_numbered_after(folder: Path, count: int) -> None:
-    """Delete 00042.png-style frames numbered >= count (left by an earlier, longer render)."""
-    for p in folder.glob("[0-9][0-9][0-9][0-9][0-9].png"):
-        if int(p.stem) >= count:
-            p.unlink()
+            remove_numbered_after(Path(folder), t + 1)

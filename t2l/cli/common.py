@@ -151,6 +151,58 @@ def make_progress(transient: bool = False):
     )
 
 
+def download_progress_class():
+    """A tqdm subclass (what hf_hub_download's tqdm_class expects) drawn as a Rich bar on stderr.
+
+    Subclassing tqdm keeps its whole API (total, n, refresh, set_postfix...) that huggingface_hub's
+    xet downloads use; we only replace the drawing. Subcommands pass it to
+    load_clip(..., download_progress=...). None under --quiet (huggingface_hub's default then).
+    """
+    if is_quiet():
+        return None
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from tqdm.std import tqdm
+
+    class RichDownloadBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs.pop("name", None)  # huggingface_hub's own tqdm takes it; plain tqdm does not
+            kwargs["gui"] = True  # tqdm keeps counting but does not print
+            kwargs["disable"] = False
+            super().__init__(*args, **kwargs)
+            self._rich = Progress(
+                TextColumn("[bold]download[/] {task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+            )
+            self._rich.start()
+            self._task = self._rich.add_task(self.desc or "", total=self.total, completed=self.n)
+
+        def display(self, *args, **kwargs):
+            if hasattr(self, "_task"):
+                self._rich.update(self._task, completed=self.n, total=self.total, description=self.desc or "")
+
+        def clear(self, *args, **kwargs):
+            pass
+
+        def close(self):
+            if hasattr(self, "_task") and not self.disable:
+                self.display()
+                self._rich.stop()
+            super().close()
+
+    return RichDownloadBar
+
+
 # ---- errors ------------------------------------------------------------------------------------
 
 

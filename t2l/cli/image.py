@@ -21,6 +21,7 @@ from t2l.cli.common import (
     JsonOpt,
     OfflineOpt,
     SeedOpt,
+    download_progress_class,
     emit_json,
     err_console,
     info,
@@ -203,8 +204,6 @@ def image(
         info(note)
     if seed is not None:
         torch.manual_seed(seed)
-    from t2l.cli.models import download_progress_class
-
     clip = None  # loaded on first use: a batch whose outputs are all finished never loads CLIP
 
     def get_clip():
