@@ -21,6 +21,7 @@ import multiprocessing as mp
 import platform
 import resource
 import time
+from pathlib import Path
 
 CASES = {
     # camera pan and object speed in px/frame at 432 px width
@@ -36,7 +37,7 @@ CASES = {
         "breathe": 0.08,
         "detail": 1.5,
     },
-    # real photos (scikit-image's astronaut as background, coffee as the object): flat areas, sharp edges
+    # real photos (examples/chelsea.png as background, examples/coffee.png as the object): flat areas, sharp edges
     "photo": {
         "pan": (4.0, 1.0),
         "zoom": 0.003,
@@ -63,10 +64,13 @@ def run_case(
 
     dev = resolve_device(device)
     images = {}
-    if name == "photo":
-        from skimage import data
+    if name == "photo":  # the repository's CC0 example photos (examples/README.md)
+        import numpy as np
+        from PIL import Image
 
-        images = {"background": data.astronaut(), "texture": data.coffee()}
+        ex = Path(__file__).resolve().parent.parent / "examples"
+        images = {role: np.asarray(Image.open(ex / f).convert("RGB")) for role, f in
+                  (("background", "chelsea.png"), ("texture", "coffee.png"))}  # fmt: skip
     clip = make_clip(SyntheticConfig(frames=frames, height=height, width=width, **CASES[name]), **images)
     s = preset_settings(preset, frames)
     times = {}
