@@ -46,3 +46,17 @@ def tiny_clip_args(tiny_clip_files):
     """CLI arguments that select the tiny CLIP."""
     cfg, weights = tiny_clip_files
     return ["--clip-model", str(cfg), "--clip-weights", str(weights), "--offline"]
+
+
+@pytest.fixture
+def online_hf_cache(monkeypatch, tmp_path):
+    """Not offline (env and huggingface_hub's constant, read at its import) and an empty HF cache in tmp.
+
+    Tests that must not reach the network cut it themselves.
+    """
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "hf"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 from test_clip_weights import OPENAI_REPO, fake_hf_cache, no_network
 from typer.testing import CliRunner
 
@@ -14,45 +13,36 @@ from t2l.cli import app
 runner = CliRunner()
 
 
-@pytest.fixture
-def hf_cache(monkeypatch, tmp_path):
-    """An empty HF cache in tmp, online as far as flags go (tests that need no network cut it)."""
-    from huggingface_hub import constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    return tmp_path / "hf"
-
-
 def run(*args):
     return runner.invoke(app, list(args))
 
 
-def test_list_empty_cache(hf_cache):
+def test_list_empty_cache(online_hf_cache):
     r = run("models", "list")
     assert r.exit_code == 0, r.stderr
-    assert r.stdout == "" and "no CLIP weights cached" in r.stderr and str(hf_cache) in r.stderr
+    assert r.stdout == "" and "no CLIP weights cached" in r.stderr and str(online_hf_cache) in r.stderr
     r = run("models", "list", "--json")
     assert r.exit_code == 0 and r.stdout == ""
 
 
-def test_list_shows_cached_clip_files(hf_cache, tiny_clip_files):
-    fake_hf_cache(hf_cache, OPENAI_REPO, {"open_clip_model.safetensors": tiny_clip_files[1]})
-    fake_hf_cache(hf_cache, "someorg/not-clip", {"model.safetensors": b"x"})
+def test_list_shows_cached_clip_files(online_hf_cache, tiny_clip_files):
+    fake_hf_cache(online_hf_cache, OPENAI_REPO, {"open_clip_model.safetensors": tiny_clip_files[1]})
+    fake_hf_cache(online_hf_cache, "someorg/not-clip", {"model.safetensors": b"x"})
     r = run("models", "list", "--json")
     assert r.exit_code == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 1
     row = rows[0]
     assert row["repo"] == OPENAI_REPO and row["file"] == "open_clip_model.safetensors"
-    assert row["size_bytes"] == tiny_clip_files[1].stat().st_size and row["path"].startswith(str(hf_cache))
+    assert row["size_bytes"] == tiny_clip_files[1].stat().st_size and row["path"].startswith(
+        str(online_hf_cache)
+    )
     r = run("models", "list")
     assert r.exit_code == 0 and "vit_base_patch32_clip_224.openai" in r.stdout
 
 
-def test_path_prints_cached_file(hf_cache):
-    snap = fake_hf_cache(hf_cache, OPENAI_REPO, {"open_clip_model.safetensors": b"weights"})
+def test_path_prints_cached_file(online_hf_cache):
+    snap = fake_hf_cache(online_hf_cache, OPENAI_REPO, {"open_clip_model.safetensors": b"weights"})
     r = run("models", "path", "ViT-B-32-quickgelu")
     assert r.exit_code == 0, r.stderr
     assert r.stdout.strip() == str(snap / "open_clip_model.safetensors")
@@ -60,7 +50,7 @@ def test_path_prints_cached_file(hf_cache):
     assert json.loads(r.stdout)["source"] == f"hf-hub:{OPENAI_REPO}@open_clip_model.safetensors"
 
 
-def test_path_not_cached_exits_3(hf_cache, monkeypatch):
+def test_path_not_cached_exits_3(online_hf_cache, monkeypatch):
     no_network(monkeypatch)
     r = run("models", "path", "ViT-B-32-quickgelu", "--weights", "openai")
     assert r.exit_code == 3
@@ -68,12 +58,12 @@ def test_path_not_cached_exits_3(hf_cache, monkeypatch):
     assert "never downloads" in r.stderr and "t2l models download ViT-B-32-quickgelu" in r.stderr
 
 
-def test_path_unknown_tag_is_usage_error(hf_cache):
+def test_path_unknown_tag_is_usage_error(online_hf_cache):
     r = run("models", "path", "ViT-B-32-quickgelu", "--weights", "bogus")
     assert r.exit_code == 2 and "known tags: openai" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_download_without_network_fails_fast(hf_cache, monkeypatch):
+def test_download_without_network_fails_fast(online_hf_cache, monkeypatch):
     no_network(monkeypatch)
     t0 = time.perf_counter()
     r = run("models", "download")
@@ -81,11 +71,11 @@ def test_download_without_network_fails_fast(hf_cache, monkeypatch):
     assert r.exit_code == 3 and r.stdout == "" and "Traceback" not in r.stderr
     err = " ".join(r.stderr.split())  # Rich may wrap the line on narrow terminals
     assert "cannot be reached" in err and "`t2l models download ViT-B-32-quickgelu`" in err
-    assert "--clip-weights /path/to/file.safetensors" in err and str(hf_cache) in err
+    assert "--clip-weights /path/to/file.safetensors" in err and str(online_hf_cache) in err
 
 
-def test_download_when_cached_touches_no_network(hf_cache, monkeypatch):
-    snap = fake_hf_cache(hf_cache, OPENAI_REPO, {"open_clip_pytorch_model.bin": b"w"})
+def test_download_when_cached_touches_no_network(online_hf_cache, monkeypatch):
+    snap = fake_hf_cache(online_hf_cache, OPENAI_REPO, {"open_clip_pytorch_model.bin": b"w"})
     no_network(monkeypatch)
     r = run("models", "download", "ViT-B-32-quickgelu", "--weights", "openai")
     assert r.exit_code == 0, r.stderr

@@ -56,17 +56,6 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
-@pytest.fixture
-def online_env(monkeypatch, tmp_path):
-    """Not offline (env and huggingface_hub's constant) and an empty HF cache in tmp."""
-    from huggingface_hub import constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    return tmp_path / "hf"
-
-
 def tiny_spec(tiny_clip_files, **kw) -> ClipSpec:
     cfg, weights = tiny_clip_files
     return ClipSpec(model=str(cfg), weights=str(weights), offline=True, **kw)
@@ -180,7 +169,7 @@ def test_hf_hub_repo_with_config_loads_offline_from_cache(tiny_clip_files, monke
     assert clip.encode_text(["a cat"]).shape == (1, 32)
 
 
-def test_offline_empty_cache_fails_without_network(online_env, monkeypatch):
+def test_offline_empty_cache_fails_without_network(online_hf_cache, monkeypatch):
     import t2l.clip.weights as w
 
     def boom(*a, **k):
@@ -190,7 +179,7 @@ def test_offline_empty_cache_fails_without_network(online_env, monkeypatch):
     with pytest.raises(WeightsUnavailable) as e:
         load_clip(ClipSpec(offline=True))
     msg = str(e.value)
-    assert "\n" not in msg and "offline mode" in msg and str(online_env) in msg
+    assert "\n" not in msg and "offline mode" in msg and str(online_hf_cache) in msg
     assert "t2l models download ViT-B-32-quickgelu" in msg and "--clip-weights" in msg
 
 
@@ -204,14 +193,16 @@ def test_env_hf_hub_offline_means_offline(monkeypatch):
     assert not is_offline(ClipSpec()) and is_offline(ClipSpec(offline=True))
 
 
-def test_no_network_empty_cache_fails_fast_with_one_line(online_env, monkeypatch):
+def test_no_network_empty_cache_fails_fast_with_one_line(online_hf_cache, monkeypatch):
     no_network(monkeypatch)
     t0 = time.perf_counter()
     with pytest.raises(WeightsUnavailable) as e:
         load_clip(ClipSpec())
     assert time.perf_counter() - t0 < 10
     msg = str(e.value)
-    assert "\n" not in msg and "cannot be reached" in msg and OPENAI_REPO in msg and str(online_env) in msg
+    assert (
+        "\n" not in msg and "cannot be reached" in msg and OPENAI_REPO in msg and str(online_hf_cache) in msg
+    )
     assert (
         "`t2l models download ViT-B-32-quickgelu`" in msg
         and "--clip-weights /path/to/file.safetensors" in msg
@@ -219,7 +210,7 @@ def test_no_network_empty_cache_fails_fast_with_one_line(online_env, monkeypatch
     assert e.value.exit_code == 3
 
 
-def test_download_prefers_safetensors_then_falls_back_to_bin(online_env, monkeypatch, tmp_path):
+def test_download_prefers_safetensors_then_falls_back_to_bin(online_hf_cache, monkeypatch, tmp_path):
     import huggingface_hub
     from huggingface_hub.errors import EntryNotFoundError
 
@@ -242,7 +233,7 @@ def test_download_prefers_safetensors_then_falls_back_to_bin(online_env, monkeyp
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     r = resolve_weights(ClipSpec(), download_progress=Bar)
     assert [c[1] for c in calls] == list(HUB_FILES)
-    assert all(c[0] == OPENAI_REPO and c[2] == str(online_env) and c[3] is Bar for c in calls)
+    assert all(c[0] == OPENAI_REPO and c[2] == str(online_hf_cache) and c[3] is Bar for c in calls)
     assert r.source == f"hf-hub:{OPENAI_REPO}@open_clip_pytorch_model.bin"
 
 
@@ -334,7 +325,7 @@ def test_wrong_files_give_one_line_errors_naming_them(tiny_clip_files, tmp_path)
         assert expect in msg and "\n" not in msg and "\x1b" not in msg, msg
 
 
-def test_download_errors_stay_on_one_line(online_env, monkeypatch):
+def test_download_errors_stay_on_one_line(online_hf_cache, monkeypatch):
     """huggingface_hub's HTTP errors span several lines; the message must not."""
     import huggingface_hub
     from huggingface_hub.errors import EntryNotFoundError
