@@ -111,6 +111,12 @@ def test_import_matches_reference_and_round_trips(tmp_path, frames_dir):
     bx = bg.uv[..., 0] * bg.uv_to_px[0] + bg.uv_to_px[1]
     by = bg.uv[..., 1] * bg.uv_to_px[2] + bg.uv_to_px[3]
     assert bx.min() >= -1e-3 and by.min() >= -1e-3 and max(bx.max(), by.max()) <= 24 + 1e-3
+    # bg texture pixel (row 5, column 12) is the atlas MLP at the bg sample (uv*0.5 - 0.5) of its centre
+    sx, ox, sy, oy = bg.uv_to_px
+    centre = np.array([[((12.5 - ox) / sx) * 0.5 - 0.5, ((5.5 - oy) / sy) * 0.5 - 0.5]])
+    np.testing.assert_allclose(
+        bg.texture[5, 12, :3], (_reference(atlas, centre, 10, (4, 7))[0] + 1) / 2 * 255, atol=0.51
+    )
 
     back = load_atlas(tmp_path / "nla.atlas")
     np.testing.assert_array_equal(back.frames, data.frames)

@@ -31,8 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from t2l.atlas.coords import grid_uv_to_px, texel_index
 from t2l.atlas.init import initial_geometry, initial_textures
-from t2l.atlas.model import AtlasModel, AtlasModelConfig, uv_to_px
+from t2l.atlas.model import AtlasModel, AtlasModelConfig
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ class AtlasFitter:
                 uvs[n][s : s + len(t)] = uv.cpu().numpy()
                 size = self.sizes[n]
                 w = torch.ones_like(uv[..., 0]) if a is None else (a if n == "fg" else 1 - a)
-                px = ((uv + 1) * self.px_per_uv[n]).reshape(-1, 2).floor().long()
+                px = texel_index(uv, grid_uv_to_px(size)).reshape(-1, 2)
                 ok = (px[:, 0] >= 0) & (px[:, 0] < size[1]) & (px[:, 1] >= 0) & (px[:, 1] < size[0])
                 idx = px[ok, 1] * size[1] + px[ok, 0]
                 cover[n].scatter_reduce_(0, idx, w.reshape(-1)[ok], reduce="amax")
@@ -275,7 +276,7 @@ class AtlasFitter:
             cov = cv2.dilate(cover[n].reshape(size).cpu().numpy(), np.ones((3, 3), np.uint8))
             rgba = np.concatenate([tex, cov[..., None]], -1)
             layers.append({"name": n, "uv": uvs[n], "texture": (rgba * 255).round().astype(np.uint8),
-                           "uv_to_px": uv_to_px(size)})  # fmt: skip
+                           "uv_to_px": grid_uv_to_px(size)})  # fmt: skip
         result = FitResult(layers, alpha, recon, psnr)
         result.consistency = {
             lay["name"]: drift(lay["uv"], lay["uv_to_px"], self.flows, alpha, lay["name"]) for lay in layers

@@ -75,12 +75,6 @@ def working_fps(info: VideoInfo) -> Fraction:
     return Fraction(info.fps) / stride
 
 
-def atlas_to_pixels(uv: np.ndarray, uv_to_px) -> np.ndarray:
-    """Map atlas coordinates [..., 2] to continuous atlas-image pixel coordinates [..., 2] (x, y)."""
-    sx, ox, sy, oy = uv_to_px
-    return np.stack([uv[..., 0] * sx + ox, uv[..., 1] * sy + oy], axis=-1)
-
-
 # ---- saving --------------------------------------------------------------------------------------
 
 

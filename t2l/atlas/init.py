@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import torch
 
+from t2l.atlas.coords import grid_uv_to_px, uv_to_pixels
 from t2l.atlas.masks import camera_homography
 from t2l.atlas.model import AtlasModel
 
@@ -128,8 +129,8 @@ def _splat(uv: np.ndarray, values: np.ndarray, weights: np.ndarray, size: tuple[
     numpy's bincount, single-threaded: torch's index_add_ slows down badly on a shared 2-core machine.
     """
     Ha, Wa = size
-    x = (uv[:, 0] + 1) * Wa / 2 - 0.5
-    y = (uv[:, 1] + 1) * Ha / 2 - 0.5
+    px = uv_to_pixels(uv, grid_uv_to_px(size)) - 0.5  # N, 2: texel-centre units (texel j at j)
+    x, y = px[:, 0], px[:, 1]
     x0, y0 = np.floor(x), np.floor(y)
     for dx in (0, 1):
         for dy in (0, 1):

@@ -12,7 +12,7 @@ logit channel), so it moves with the object. Reconstruction: alpha * fg + (1 - a
 
 Coordinates: frame pixels are normalised to [-1, 1] at pixel centres (x_n = (x + 0.5) / W * 2 - 1);
 atlas coordinates uv are grid_sample coordinates with align_corners=False, so atlas-image pixel
-x = (u + 1) * Wa / 2 (continuous, pixel j covers [j, j+1)).
+x = (u + 1) * Wa / 2 (continuous, pixel j covers [j, j+1)): uv_to_px = coords.grid_uv_to_px(size).
 
 Per-frame parameters are 8 + 2*gh*gw numbers, so the model's size hardly grows with the clip.
 """
@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from t2l.atlas.coords import sample_grid
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,8 @@ class AtlasModel(nn.Module):
 
     @staticmethod
     def sample(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-        """Sample a 1, C, Ha, Wa texture at uv (B, H, W, 2). Returns B, C, H, W."""
-        return F.grid_sample(texture.expand(len(uv), -1, -1, -1), uv, mode="bilinear",
-                             padding_mode="border", align_corners=False)  # fmt: skip
+        """Sample a 1, C, Ha, Wa texture at uv (B, H, W, 2; our uv IS the grid). Returns B, C, H, W."""
+        return sample_grid(texture, uv, padding="border")
 
     def forward(self, t: torch.Tensor) -> dict[str, torch.Tensor]:
         """Reconstruct frames t (B,).
@@ -131,9 +132,3 @@ class AtlasModel(nn.Module):
 
     def textures(self) -> dict[str, torch.Tensor]:
         return {"bg": self.bg_texture, **({"fg": self.fg_texture} if self.layered else {})}
-
-
-def uv_to_px(size: tuple[int, int]) -> tuple[float, float, float, float]:
-    """(sx, ox, sy, oy) with atlas-image pixel x = sx*u + ox, y = sy*v + oy for an (Ha, Wa) atlas."""
-    Ha, Wa = size
-    return (Wa / 2, Wa / 2, Ha / 2, Ha / 2)

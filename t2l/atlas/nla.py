@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from t2l.atlas.folder import AtlasData, AtlasLayer, atlas_to_pixels, save_atlas
+from t2l.atlas.coords import texel_centres, texel_index
+from t2l.atlas.folder import AtlasData, AtlasLayer, save_atlas
 from t2l.errors import InputError, UsageError
 from t2l.video_read import VideoInfo
 
@@ -301,10 +302,10 @@ def import_nla(
     k = n / side
     bg_px = (0.5 * k, (-0.5 - float(lo[0])) * k, 0.5 * k, (-0.5 - float(lo[1])) * k)
 
-    grid = (np.stack(np.meshgrid(np.arange(n), np.arange(n)), -1).reshape(-1, 2) + 0.5).astype(np.float32) / n
     textures = {}
-    for i, (name, origin, extent) in enumerate((("fg", np.zeros(2), 1.0), ("bg", lo, side))):
-        samples = (origin + grid * extent).astype(np.float32)  # atlas sample space
+    for i, (name, px, shift) in enumerate((("fg", fg_px, 0.5), ("bg", bg_px, -0.5))):
+        # the atlas MLP at every texel centre, in its sample space uv*0.5 +- 0.5
+        samples = (texel_centres((n, n), px).reshape(-1, 2) * 0.5 + shift).astype(np.float32)
         rgb = (_run(models["atlas"], samples, batch, dev) + 1) * 0.5
         textures[name] = np.round(np.clip(rgb, 0, 1) * 255).reshape(n, n, 3).astype(np.uint8)
         report("atlas", i + 1, 2)
@@ -350,7 +351,7 @@ def import_nla(
 
 def _coverage(uv: np.ndarray, uv_to_px, weight: np.ndarray, n: int) -> np.ndarray:
     """Max of `weight` [T, H, W] over the frame pixels landing in each atlas pixel -> [n, n] in [0, 1]."""
-    xy = np.floor(atlas_to_pixels(uv, uv_to_px)).astype(np.int64)  # T, H, W, 2
+    xy = texel_index(uv, uv_to_px)  # T, H, W, 2
     px, py = xy[..., 0].ravel(), xy[..., 1].ravel()
     ok = (px >= 0) & (px < n) & (py >= 0) & (py < n)
     cover = np.zeros(n * n, np.float32)

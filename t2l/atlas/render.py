@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from t2l.atlas.coords import premultiply, sample_atlas
 from t2l.atlas.folder import AtlasData, AtlasLayer, remove_numbered_after
 from t2l.errors import InputError, UsageError
 
@@ -87,8 +88,8 @@ def iter_render(
     for lay in data.layers:
         if lay.name in edits:
             e = torch.from_numpy(check_edit(lay, edits[lay.name]).astype(np.float32)).permute(2, 0, 1)[None]
-            a = e[:, 3:] / 255.0
-            sampled.append((lay, torch.cat([e[:, :3] * a, a], 1)))  # 1, 4, Ha, Wa: premultiplied RGB, alpha
+            straight = torch.cat([e[:, :3], e[:, 3:] / 255.0], 1)  # 1, 4, Ha, Wa: RGB 0-255, alpha [0,1]
+            sampled.append((lay, premultiply(straight)))  # premultiplied once, sampled every frame
 
     t_count = data.layers[0].uv.shape[0]
     for t, frame in enumerate(frames):
@@ -117,14 +118,8 @@ def _render_frame(data: AtlasData, t: int, sampled: list, frame: np.ndarray) -> 
     cover = torch.zeros(1, h2, w2)  # sum over layers of weight * a_e, in [0,1]
     for lay, edit in sampled:
         uv = torch.from_numpy(np.ascontiguousarray(lay.uv[t], dtype=np.float32)).permute(2, 0, 1)
-        uv = upsample(uv)  # 2, H2, W2
-        sx, ox, sy, oy = lay.uv_to_px
-        ha, wa = edit.shape[-2:]
-        # atlas pixel coords -> grid_sample's [-1, 1] (align_corners=False: -1 is the left edge of pixel 0)
-        gx = (uv[0] * sx + ox) * (2.0 / wa) - 1.0
-        gy = (uv[1] * sy + oy) * (2.0 / ha) - 1.0
-        grid = torch.stack([gx, gy], -1)[None]  # 1, H2, W2, 2
-        s = F.grid_sample(edit, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        uv = upsample(uv).permute(1, 2, 0)[None]  # 1, H2, W2, 2
+        s = sample_atlas(edit, uv, lay.uv_to_px, premultiplied=False)  # already premultiplied
         s = s[0]  # 4, H2, W2: premultiplied RGB (0-255), alpha
         weight = 1.0 if fg_alpha is None else (fg_alpha if lay.name == "fg" else 1.0 - fg_alpha)
         premul += weight * s[:3]
