@@ -152,7 +152,13 @@ class AtlasFitter:
         self.opt = torch.optim.Adam(groups, betas=(0.9, 0.99))
         if state is not None and "optimizer" in state:
             self.opt.load_state_dict(state["optimizer"])
-        self.gen = torch.Generator().manual_seed(cfg.seed + self.step)
+        # the frame sampler: restored from a saved state, so an interrupted fit resumes exactly
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        if state is not None and "sampler" in state:
+            self.gen.set_state(state["sampler"])
+        elif state is not None:  # a state saved before the sampler was (t2l <= 0.1): close, not exact
+            self.gen.manual_seed(cfg.seed + self.step)
+        self._sampler_at_step = self.gen.get_state()  # as of the last completed step
         # constants of every step, made once: atlas size and atlas px per uv unit (Wa/2, Ha/2) per
         # layer, normalised frame units per frame px (2/W, 2/H)
         all_sizes = {"bg": self.model.cfg.bg_size, "fg": self.model.cfg.fg_size}
@@ -165,12 +171,14 @@ class AtlasFitter:
     # -- state --------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Everything needed to resume: model config and weights, optimiser, step, fit config."""
+        """Everything needed to resume exactly: model config and weights, optimiser, step, frame sampler
+        state (as of the last completed step), fit config."""
         return {
             "model_config": self.model.cfg.to_dict(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.opt.state_dict(),
             "step": self.step,
+            "sampler": self._sampler_at_step.clone(),
             "fit_config": asdict(self.cfg),
         }
 
@@ -235,6 +243,7 @@ class AtlasFitter:
             loss.backward()
             self.opt.step()
             self.step += 1
+            self._sampler_at_step = self.gen.get_state()
             yield FitEvent(self.step, total, terms, psnr, time.perf_counter() - start)
 
     # -- results ------------------------------------------------------------------------------
