@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import subprocess
 import sys
 
@@ -42,15 +43,85 @@ def test_version_and_help():
         assert cmd in r.stdout
 
 
-def _app_raising(exc: BaseException) -> typer.Typer:
+def _app_raising(exc: BaseException, command: str | None = None) -> typer.Typer:
     a = typer.Typer()
 
     @a.command()
-    @handle_errors
+    @handle_errors(command=command)
     def boom(name: str = "x") -> None:
         raise exc
 
     return a
+
+
+class OutOfMemoryError(RuntimeError):
+    """Stands in for torch.OutOfMemoryError (matched by name: the CLI never imports torch)."""
+
+
+@pytest.mark.parametrize(
+    "command, exc, says, never",
+    [
+        ("image", OutOfMemoryError("CUDA"), ["GPU out of memory", "--views", "--preset draft"], []),
+        (
+            "atlas",
+            OutOfMemoryError("CUDA"),
+            ["GPU out of memory", "--max-frames"],
+            ["--views", "--precision"],
+        ),
+        ("render", OutOfMemoryError("CUDA"), ["GPU out of memory", "--resolution working"], ["--views"]),
+        ("atlas", MemoryError(), ["out of memory", "--size"], ["--views", "GPU", "--device cpu"]),
+        ("render", MemoryError(), ["out of memory", "--resolution"], ["--views", "GPU", "--device cpu"]),
+        ("download", OutOfMemoryError("CUDA"), ["GPU out of memory"], ["--views", "--size"]),
+    ],
+)
+def test_out_of_memory_hints_name_only_the_commands_own_flags(command, exc, says, never):
+    r = runner.invoke(_app_raising(exc, command), [])
+    assert r.exit_code == EXIT_RESOURCES
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert line.startswith("error:") and all(w in line for w in says) and not any(w in line for w in never), (
+        line
+    )
+
+
+def test_out_of_memory_hint_follows_the_function_name():
+    a = typer.Typer()
+
+    @a.command()
+    @handle_errors
+    def atlas() -> None:
+        raise OutOfMemoryError("CUDA")
+
+    r = runner.invoke(a, [])
+    assert r.exit_code == EXIT_RESOURCES and "--max-frames" in r.stderr and "--views" not in r.stderr
+
+
+def _commands():
+    import typer.main
+
+    root = typer.main.get_command(app)
+    yield "t2l", root, []
+    for name, cmd in root.commands.items():
+        sub = getattr(cmd, "commands", None)
+        for sub_name in sub or [None]:
+            yield " ".join(filter(None, [name, sub_name])), sub[sub_name] if sub else cmd, [name, sub_name]
+
+
+# Flags declared in files other developers own; drop an entry once its flags pass metavar=FLAG.
+_FLAG_METAVAR_PENDING = {"image", "atlas"}
+
+
+@pytest.mark.parametrize("name", [n for n, _, _ in _commands()])
+def test_help_shows_no_type_after_flags(name, request):
+    if name in _FLAG_METAVAR_PENDING:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="flags without metavar=FLAG"))
+    cmd, argv = next((c, a) for n, c, a in _commands() if n == name)
+    flags = [p for p in cmd.params if getattr(p, "is_flag", False) and p.name != "help"]
+    r = runner.invoke(app, [*filter(None, argv), "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0
+    for p in flags:
+        (line,) = [ln for ln in r.stdout.splitlines() if re.match(rf"\W*{p.opts[0]}\s", ln)]
+        assert "<bool>" not in line, line
+    assert name != "render" or re.search(r"--crf\s+<int>", r.stdout)  # options with a value keep their type
 
 
 @pytest.mark.parametrize(

@@ -253,27 +253,82 @@ def test_cli_errors(atlas_dir, tmp_path):
     assert r.exit_code == 1 and "alpha.npy" in r.stderr and "t2l atlas" in r.stderr
 
 
-def test_cli_dispatches_image_runs(tmp_path, monkeypatch):
-    """The image branch hands over to t2l.image_render (replaced here by a recorder)."""
-    import json
-    import sys
-    import types
+def _fake_image_render(monkeypatch):
+    """Replace t2l.image_render.render_image_run by a recorder (keeps the module's naming constants)."""
+    import t2l.image_render
 
     calls = []
-    fake = types.ModuleType("t2l.image_render")
-    fake.render_image_run = lambda run_dir, out, **kw: (
-        calls.append((run_dir, out, kw)) or {"written": str(out)}
+    monkeypatch.setattr(
+        t2l.image_render,
+        "render_image_run",
+        lambda run_dir, out, **kw: calls.append((run_dir, out, kw)) or {"written": str(out)},
     )
-    monkeypatch.setitem(sys.modules, "t2l.image_render", fake)
+    return calls
+
+
+def _image_run(tmp_path) -> Path:
+    import json
+
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"kind": "image"}))
+    return run
+
+
+def test_cli_dispatches_image_runs(tmp_path, monkeypatch):
+    """The image branch hands over to t2l.image_render (replaced here by a recorder)."""
+    import json
+
+    calls = _fake_image_render(monkeypatch)
+    run = _image_run(tmp_path)
     r = _run(
         ["render", str(run), "-o", str(tmp_path / "x.png"), "--size", "96", "--input", "a.jpg", "--json"]
     )
     assert r.exit_code == 0, r.stderr
     assert calls == [(run, tmp_path / "x.png", {"input": Path("a.jpg"), "size": 96, "device": "auto"})]
     assert json.loads(r.stdout)["kind"] == "image" and "wrote" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "out, existing",
+    [("again", "again/composite.png"), ("again/", "again/alpha.png"), ("x.png", "x.png"), ("x.png", "x_edit.png")],
+)  # fmt: skip
+def test_image_run_outputs_are_kept_without_overwrite(tmp_path, monkeypatch, out, existing):
+    calls = _fake_image_render(monkeypatch)
+    run = _image_run(tmp_path)
+    (tmp_path / existing).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / existing).write_bytes(b"mine")
+    r = _run(["render", str(run), "-o", str(tmp_path / out)])
+    assert r.exit_code == 2, r.stderr
+    assert "already" in r.stderr and Path(existing).name in r.stderr and "--overwrite" in r.stderr
+    assert calls == [] and (tmp_path / existing).read_bytes() == b"mine"
+    r = _run(["render", str(run), "-o", str(tmp_path / out), "--overwrite"])
+    assert r.exit_code == 0, r.stderr
+    assert len(calls) == 1
+
+
+def test_image_run_into_a_folder_of_other_files_is_fine(tmp_path, monkeypatch):
+    calls = _fake_image_render(monkeypatch)
+    run = _image_run(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("keep")
+    r = _run(["render", str(run), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.stderr
+    assert len(calls) == 1
+    (tmp_path / "y.png").mkdir()  # a folder where an image file is asked for
+    r = _run(["render", str(run), "-o", str(tmp_path / "y.png")])
+    assert r.exit_code == 2 and "is a folder" in r.stderr
+
+
+def test_image_run_import_failure_is_not_hidden(tmp_path, monkeypatch):
+    """A broken t2l.image_render (or a dependency of it) is a real error, never 'not available'."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "t2l.image_render", None)  # importing it raises ImportError
+    run = _image_run(tmp_path)
+    r = _run(["render", str(run), "-o", str(tmp_path / "x.png")])
+    assert r.exit_code == 1
+    assert "not available" not in r.stderr and "internal error" in r.stderr and "t2l.image_render" in r.stderr
 
 
 def test_output_planning():
@@ -298,9 +353,6 @@ def test_cli_renders_a_real_image_run(tmp_path, tiny_clip_args):
     """End to end with the real t2l.image_render: a 2-step tiny-CLIP run, rendered again on another image."""
     import json
 
-    pytest.importorskip(
-        "t2l.image_render", reason="t2l.image_render (image-run rendering) is not in this build"
-    )
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(tmp_path / "b.png")

@@ -32,11 +32,16 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, metavar="", help="Print the version and exit."
+        ),
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail to stderr.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", metavar="", help="Log more detail to stderr.")
+    ] = False,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Only errors on stderr; no progress bars.")
+        bool, typer.Option("--quiet", "-q", metavar="", help="Only errors on stderr; no progress bars.")
     ] = False,
 ) -> None:
     """Edit photos and videos from a text prompt (Text2LIVE)."""

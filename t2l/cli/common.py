@@ -27,6 +27,10 @@ _state = {"quiet": False, "verbose": False}
 
 # ---- shared option types (same names and env vars in every subcommand) -------------------------
 
+# metavar of an on/off flag: nothing. Without it Typer's help prints the type (`--json <bool>`), which
+# reads as if the flag took a value. Every bool option passes typer.Option(..., metavar=FLAG).
+FLAG = ""
+
 ClipModelOpt = Annotated[
     str,
     typer.Option(
@@ -49,6 +53,7 @@ OfflineOpt = Annotated[
     bool,
     typer.Option(
         "--offline",
+        metavar=FLAG,
         envvar=["T2L_OFFLINE", "HF_HUB_OFFLINE"],
         help="Never touch the network; use cached or local weights only.",
         rich_help_panel="CLIP",
@@ -65,7 +70,8 @@ SeedOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print one JSON object per result on stdout (for scripts).")
+    bool,
+    typer.Option("--json", metavar=FLAG, help="Print one JSON object per result on stdout (for scripts)."),
 ]
 
 DEFAULT_CLIP_MODEL = "ViT-B-32-quickgelu"
@@ -211,8 +217,39 @@ def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
     return typer.Exit(code)
 
 
-def handle_errors(fn: Callable) -> Callable:
-    """Turn T2LError, Ctrl-C, OOM and disk-full into one line on stderr and a documented exit code."""
+# What to try when a command runs out of memory: only flags that command has. Keyed by the command's
+# function name (or handle_errors(command=...)); "gpu" is said on CUDA out-of-memory, "ram" on a
+# MemoryError. A command without an entry gets the generic hint.
+RESOURCE_FIXES: dict[str, dict[str, str]] = {
+    "image": {
+        "gpu": "use --preset draft, a smaller --size, fewer --views or --precision bf16",
+        "ram": "use --preset draft, a smaller --size or fewer --views",
+    },
+    "atlas": {
+        "gpu": "use --preset draft, a smaller --size or fewer --max-frames, or --device cpu",
+        "ram": "use a smaller --size or fewer --max-frames",
+    },
+    "render": {
+        "gpu": "use --device cpu, or --resolution working (atlas) or a smaller --size (image run)",
+        "ram": "use --resolution working (atlas) or a smaller --size (image run)",
+    },
+}
+_GENERIC_FIXES = {"gpu": "close other GPU programs or use --device cpu", "ram": "close other programs"}
+
+
+def resource_fix(command: str, kind: str) -> str:
+    """The out-of-memory hint for `command` ("image", "atlas", ...); kind is "gpu" or "ram"."""
+    return RESOURCE_FIXES.get(command, _GENERIC_FIXES)[kind]
+
+
+def handle_errors(fn: Callable | None = None, *, command: str | None = None) -> Callable:
+    """Turn T2LError, Ctrl-C, OOM and disk-full into one line on stderr and a documented exit code.
+
+    Use as @handle_errors (the hints follow the function's name) or @handle_errors(command="video").
+    """
+    if fn is None:
+        return functools.partial(handle_errors, command=command)
+    name = command or fn.__name__
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -227,7 +264,7 @@ def handle_errors(fn: Callable) -> Callable:
                 "interrupted; finished outputs are kept, rerun with --resume to continue", EXIT_INTERRUPTED
             ) from None
         except MemoryError:
-            raise fail("out of memory; use a smaller --size or fewer --views", EXIT_RESOURCES) from None
+            raise fail(f"out of memory; {resource_fix(name, 'ram')}", EXIT_RESOURCES) from None
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 where = f" writing {e.filename}" if e.filename else ""
@@ -238,11 +275,10 @@ def handle_errors(fn: Callable) -> Callable:
                 raise
             raise fail(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}") from None
         except Exception as e:  # noqa: BLE001
-            if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
-                raise fail(
-                    "GPU out of memory; use a smaller --size or fewer --views, or --device cpu",
-                    EXIT_RESOURCES,
-                ) from None
+            if (
+                type(e).__name__ == "OutOfMemoryError"
+            ):  # torch's (CUDA) OutOfMemoryError, without importing torch
+                raise fail(f"GPU out of memory; {resource_fix(name, 'gpu')}", EXIT_RESOURCES) from None
             if os.environ.get("T2L_DEBUG"):
                 raise
             raise fail(

@@ -15,8 +15,17 @@ from typing import Annotated
 import typer
 
 from t2l.cli.app import app
-from t2l.cli.common import DeviceOpt, JsonOpt, check_output_dir, emit_json, handle_errors, info, make_progress
-from t2l.errors import InputError, T2LError, UsageError
+from t2l.cli.common import (
+    FLAG,
+    DeviceOpt,
+    JsonOpt,
+    check_output_dir,
+    emit_json,
+    handle_errors,
+    info,
+    make_progress,
+)
+from t2l.errors import InputError, UsageError
 
 _ATLAS = "Atlas folders"
 _IMAGE = "Image runs"
@@ -103,6 +112,7 @@ def render(
         bool,
         typer.Option(
             "--frames",
+            metavar=FLAG,
             help="Also write the composited frames as PNG into OUT-frames/.",
             rich_help_panel=_ATLAS,
         ),
@@ -126,7 +136,9 @@ def render(
         int | None, typer.Option("--size", help="Render at this shorter side in px.", rich_help_panel=_IMAGE)
     ] = None,
     device: DeviceOpt = "auto",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", metavar=FLAG, help="Replace existing outputs.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Render DIR: an atlas folder's RGBA edits mapped onto the video, or an image run."""
@@ -212,16 +224,30 @@ def _render_atlas(folder, output, fg, bg, formats, frames, resolution, crf, over
         )
 
 
+def image_run_targets(output: Path) -> list[Path]:
+    """The files `t2l render RUN -o OUTPUT` writes for an image run (t2l.image_render's naming):
+    OUTPUT.png and OUTPUT_edit.png for an image path, else the four PNGs inside folder OUTPUT."""
+    from t2l.image_render import IMAGE_SUFFIXES
+
+    if output.suffix.lower() in IMAGE_SUFFIXES:
+        return [output, output.with_name(f"{output.stem}_edit.png")]
+    return [output / f"{name}.png" for name in ("edit", "composite", "greenscreen", "alpha")]
+
+
 def _render_image(folder, output, input_image, size, device, overwrite, as_json) -> None:
-    try:
-        from t2l.image_render import render_image_run
-    except ImportError:
-        raise T2LError(
-            "rendering image runs is not available in this version of t2l", "re-run t2l image with -o instead"
-        ) from None
-    if output.is_file() and not overwrite:
-        raise UsageError(f"{output} already exists", "pass --overwrite or choose another -o")
-    _check_writable(output, False)
+    from t2l.image_render import render_image_run
+
+    targets = image_run_targets(output)
+    is_folder = targets[0].parent == output
+    if output.exists() and output.is_dir() != is_folder:
+        kind = "folder" if output.is_dir() else "file"
+        raise UsageError(f"{output} exists and is a {kind}", "choose another -o")
+    taken = [p for p in targets if p.exists()]
+    if taken and not overwrite:
+        names = ", ".join(p.name for p in taken)
+        problem = f"{output} already holds {names}" if is_folder else f"{taken[0]} already exists"
+        raise UsageError(problem, "pass --overwrite or choose another -o")
+    _check_writable(output, is_folder)
     t0 = time.perf_counter()
     result = render_image_run(folder, output, input=input_image, size=size, device=device)
     outputs = result.get("outputs", {}) if isinstance(result, dict) else {}
