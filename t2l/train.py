@@ -1,15 +1,24 @@
 """The training loop shared by images and videos: sample examples, run the generator, CLIP losses, step.
 
-The caller supplies a `sample(step, rng) -> list[Example]` callable (image: one augmented crop, plus
-the full image every 75 steps; video: atlas crops warped into frames) and consumes the yielded
-`StepEvent`s (the core never prints). Cost per example and step, by design:
+The caller supplies a `sample(step, rng) -> list[Example | GeneratorCall]` callable (image: one
+augmented crop, plus the full image every 75 steps; video: ONE generator call on an atlas crop whose
+RGBA is warped into three frame crops, plus a frame crop and, every 75 steps, the whole atlas) and
+consumes the yielded `StepEvent`s (the core never prints). Every item (`Example`) is composited as
+
+    composite = P + (1 - a) * background        (P, a: the item's premultiplied edit colour and alpha)
+
+and the step's loss is the mean of the items' losses. Cost per item and step, by design:
   * ONE batch of CLIP views with gradients: the composite's and the green-screen's views together
     (2V images); the composition and directional terms share the composite's views;
   * E(in) of the directional term: drawn from a bank of input-view embeddings encoded once (images),
-    or one no-grad batch of the input's views with the output's geometry (when no bank is given);
+    or one no-grad batch of the input's views, with the output's geometry or (cfg.independent_input_views,
+    video) with views drawn independently of the output's;
   * two single-image structure passes (the input's without grad);
   * no relevancy pass: the ROI prior is computed once by the caller and cropped with each example;
-  * text embeddings computed once, before the loop.
+  * text embeddings computed once, before the loop;
+  * ONE generator forward/backward per GeneratorCall however many items it feeds: the items' gradients
+    are accumulated at the generator's output and back-propagated through the generator once;
+  * one host sync per step for logging (the terms are summed on the device).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import torch.nn.functional as F
 
 from t2l.augment import ViewConfig, aspect_resize_size, render_views, sample_views
 from t2l.losses import (
+    GREEN,
     LossWeights,
     bootstrap_loss,
     bootstrap_weight,
@@ -49,6 +59,12 @@ class TrainConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     views: ViewConfig = field(default_factory=ViewConfig)
     anneal_bootstrap: bool = True  # images: bootstrap weight linearly to 0 over the run; video: constant
+    bootstrap_until: int = (
+        0  # no bootstrap term from this step on (0: no cut-off; video: the reference's epoch)
+    )
+    independent_input_views: bool = (
+        False  # E(in) from views drawn apart from E(out)'s (video; images use a bank)
+    )
     structure_short: int = 224  # structure features: shorter side of the resized image
     structure_long_max: int = 380  # ... and the cap on its longer side
     snapshot_every: int = 0  # flag every N-th step as a snapshot step (0: never)
@@ -60,11 +76,13 @@ class TrainConfig:
 
 @dataclass
 class Example:
-    """One training example: the generator's edit composited over `background`.
+    """One training item: the generator's edit composited over `background`.
 
     background: [1,3,h,w] RGB in [0,1], what the composite is made over (and E(in), structure source).
-    gen_input: [1,3,H,W] generator input; None = background.
-    warp: maps the generator's RGBA [1,4,H,W] to the background's frame [1,4,h,w]; None = identity.
+    gen_input: [1,3,H,W] generator input; None = background. Ignored inside a GeneratorCall.
+    warp: maps the generator's output (straight RGBA [1,4,H,W]) to the item's PREMULTIPLIED effective
+        edit [1,4,h,w] in the background's frame (video: sampled through the atlas mapping and weighted by
+        the layer's opacity). None = identity (the output itself, premultiplied).
     relevancy: [1,1,h,w] ROI prior in [0,1] for the bootstrap term, or None.
     input_bank: [K,D] precomputed CLIP embeddings of views of the input (E(in) of the directional
         term); each step draws n of them. None = encode n views of `background` now (no grad).
@@ -75,6 +93,20 @@ class Example:
     warp: Callable[[torch.Tensor], torch.Tensor] | None = None
     relevancy: torch.Tensor | None = None
     input_bank: torch.Tensor | None = None
+
+
+@dataclass
+class GeneratorCall:
+    """ONE generator run on `gen_input` [1,3,H,W] whose output feeds several items (their warps)."""
+
+    gen_input: torch.Tensor
+    items: list[Example]
+
+
+def premultiply(rgba: torch.Tensor) -> torch.Tensor:
+    """Straight RGBA [B,4,H,W] -> premultiplied (a*rgb, a)."""
+    a = rgba[:, 3:4]
+    return torch.cat([a * rgba[:, :3], a], 1)
 
 
 @dataclass
@@ -156,6 +188,7 @@ class Trainer:
         )
         self.step = 0
         self.lr = cfg.lr
+        self._green = torch.tensor(GREEN, device=self.device).view(1, 3, 1, 1)
         self._rng_at_step = rng.get_state()
 
     # ---- checkpointing ------------------------------------------------------------------------
@@ -187,16 +220,18 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _example_loss(self, ex: Example, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def _item_loss(self, rgba: torch.Tensor, ex: Example, step: int, premultiplied: bool) -> tuple:
+        """Loss of one item from its edit rgba [1,4,h,w] (straight, or premultiplied effective when
+        `premultiplied`); the terms stay on the device. The straight path is the image's exact arithmetic."""
         cfg, w, clip, rng = self.cfg, self.cfg.weights, self.clip, self.rng
         with self._autocast():
-            rgba = self.generator(ex.gen_input if ex.gen_input is not None else ex.background)  # 1, 4, H, W
-            if ex.warp is not None:
-                rgba = ex.warp(rgba)  # 1, 4, h, w
-            rgba = rgba.float()
             bg = ex.background
-            comp = composite(rgba, bg)  # 1, 3, h, w
-            screen = greenscreen(rgba)
+            if premultiplied:
+                a = rgba[:, 3:4]
+                comp = rgba[:, :3] + (1 - a) * bg  # 1, 3, h, w
+                screen = rgba[:, :3] + (1 - a) * self._green
+            else:
+                comp, screen = composite(rgba, bg), greenscreen(rgba)
             vp = sample_views(rng, bg.shape[-2], bg.shape[-1], cfg.views)
             V = cfg.views.n
             emb = clip.encode_image(
@@ -206,8 +241,13 @@ class Trainer:
             with torch.no_grad():
                 if ex.input_bank is not None:  # independent input views, encoded once before training
                     e_in = ex.input_bank[torch.randint(0, len(ex.input_bank), (V,), generator=rng)]  # V, D
-                else:  # the input's views with the same geometry as the output's
-                    e_in = clip.encode_image(render_views(bg, vp, cfg.views.fill)).float()  # V, D
+                else:  # the input's views: the output's geometry, or independent ones
+                    vp_in = (
+                        sample_views(rng, bg.shape[-2], bg.shape[-1], cfg.views)
+                        if cfg.independent_input_views
+                        else vp
+                    )
+                    e_in = clip.encode_image(render_views(bg, vp_in, cfg.views.fill)).float()  # V, D
                 ss_in = clip.self_similarity(
                     structure_resize(bg, cfg.structure_short, cfg.structure_long_max)
                 )
@@ -217,8 +257,10 @@ class Trainer:
         l_dir = directional_loss(e_comp, e_in, self.text_dirs[_draw(rng, len(self.text_dirs))])
         l_screen = text_distance_loss(e_screen, t.screen[_draw(rng, len(t.screen))])
         l_struct = structure_loss(ss_out.float(), ss_in.float())
-        alpha = rgba[:, 3:4]
-        l0, l1 = sparsity_terms(alpha)
+        # (sliced here, after the CLIP graph, on the straight path: autograd then sums the gradient
+        # contributions in the same order as before video support, so image runs stay bit-identical)
+        a = rgba[:, 3:4]
+        l0, l1 = sparsity_terms(a)
         loss = (
             w.comp * (l_text + l_dir)
             + w.screen * l_screen
@@ -226,12 +268,19 @@ class Trainer:
             + w.sparsity * (w.l0 * l0 + w.l1 * l1)
         )
         terms = {"comp": l_text, "dir": l_dir, "screen": l_screen, "structure": l_struct, "l0": l0, "l1": l1}
-        bw = bootstrap_weight(step, cfg.steps, w.bootstrap, cfg.anneal_bootstrap)
+        bw = self.bootstrap_weight(step)
         if ex.relevancy is not None and bw > 0:
-            l_boot = bootstrap_loss(alpha, ex.relevancy.to(alpha))
+            l_boot = bootstrap_loss(a, ex.relevancy.to(a))
             loss = loss + bw * l_boot
             terms["bootstrap"] = l_boot
-        return loss, {k: float(v.detach()) for k, v in terms.items()}
+        return loss, terms
+
+    def bootstrap_weight(self, step: int) -> float:
+        """The ROI bootstrap weight at 0-based `step` (annealed or constant, 0 from cfg.bootstrap_until)."""
+        cfg = self.cfg
+        if cfg.bootstrap_until and step >= cfg.bootstrap_until:
+            return 0.0
+        return bootstrap_weight(step, cfg.steps, cfg.weights.bootstrap, cfg.anneal_bootstrap)
 
     def train_step(self) -> StepEvent:
         t0 = time.perf_counter()
@@ -239,14 +288,33 @@ class Trainer:
         step = self.step
         self.generator.train()  # BatchNorm in training mode, always
         self.opt.zero_grad(set_to_none=True)
-        examples = self.sample(step, self.rng)
-        total, sums = 0.0, {}
-        for ex in examples:  # backward per example: only one graph alive at a time
-            loss, terms = self._example_loss(ex, step)
-            (loss / len(examples)).backward()
-            total += float(loss.detach()) / len(examples)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v / len(examples)
+        calls = [
+            c
+            if isinstance(c, GeneratorCall)
+            else GeneratorCall(c.gen_input if c.gen_input is not None else c.background, [c])
+            for c in self.sample(step, self.rng)
+        ]
+        n = sum(len(c.items) for c in calls)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        sums: dict[str, torch.Tensor] = {}
+        for call in calls:
+            with self._autocast():
+                rgba = self.generator(call.gen_input)  # 1, 4, H, W
+            rgba = rgba.float()
+            shared = len(call.items) > 1
+            # several items: accumulate their gradients at the output, then ONE backward through the generator
+            out = rgba.detach().requires_grad_() if shared else rgba
+            for ex in call.items:  # backward per item: only one CLIP graph alive at a time
+                warped = ex.warp is not None
+                loss, terms = self._item_loss(ex.warp(out) if warped else out, ex, step, warped)
+                (loss / n).backward()
+                total = total + loss.detach().double() / n
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().double() / n
+            if shared:
+                rgba.backward(out.grad)
+        values = torch.stack([total, *sums.values()]).tolist()  # the step's one host sync
+        total, losses = values[0], dict(zip(sums, values[1:], strict=True))
         if not math.isfinite(total):
             raise FloatingPointError(f"loss became {total} at step {step + 1}")
         lr = self.lr
@@ -261,7 +329,7 @@ class Trainer:
             self.step,
             self.cfg.steps,
             total,
-            sums,
+            losses,
             lr,
             time.perf_counter() - t0,
             bool(every and self.step % every == 0),
