@@ -1,7 +1,7 @@
 """One image edit, end to end: load and validate, train the generator, write outputs and run.json.
 
     run = ImageRun.prepare(input_path, prompts, cfg, clip, device, out_dir, seed=None)
-    for event in run.events():      # StepEvent per step; Ctrl-C -> checkpoint + Interrupted
+    for event in run.events():      # StepEvent per step; Ctrl-C -> checkpoint + Interrupted (t2l/run.py)
         ...
     summary = run.finish()          # edit/composite/greenscreen/alpha PNGs, generator.pt, run.json
 
@@ -12,11 +12,8 @@ an ROI, snapshots/, generator.pt (weights + config), checkpoint.pt (resume), run
 
 from __future__ import annotations
 
-import platform
 import secrets
-import statistics
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -24,14 +21,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import t2l
 from t2l.augment import CropConfig, ViewConfig, apply_crop, sample_crop
-from t2l.errors import InputError, Interrupted, ResourceError, UsageError
-from t2l.files import torch_save_atomic, write_json_atomic
+from t2l.errors import UsageError
+from t2l.files import torch_save_atomic
 from t2l.generator import Generator, GeneratorConfig
 from t2l.imageio import composite_uint8, pil_to_tensor, read_image, resize_short, save_png, to_uint8
 from t2l.losses import GREEN
 from t2l.prompts import PromptSet
+from t2l.run import (
+    TrainingRun,
+    clip_identity,
+    file_sha256,
+    load_resume_state,
+    output_state,  # noqa: F401  (re-exported: t2l.image.output_state)
+    with_steps,
+)
 from t2l.train import Example, StepEvent, TextBank, TrainConfig, Trainer, encode_view_bank
 
 PRESETS = {
@@ -118,17 +122,6 @@ def resolve_config(
     return ImageConfig(preset=preset, size=size, save_every=save_every, generator=gen, train=train), note
 
 
-def _versions() -> dict:
-    import open_clip
-
-    return {
-        "t2l": t2l.__version__,
-        "torch": torch.__version__,
-        "open_clip": open_clip.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def _scaled_views(cfg: TrainConfig, native: int) -> TrainConfig:
     """Adapt view and structure sizes (defined for a 224-px CLIP) to the backbone's native size."""
     k = native / 224
@@ -138,8 +131,20 @@ def _scaled_views(cfg: TrainConfig, native: int) -> TrainConfig:
     )
 
 
+def image_identity(input_path: Path, clip, prompts: PromptSet) -> dict:
+    """What a resumed image run must share with its checkpoint (t2l/run.py)."""
+    path = Path(input_path)
+    return {
+        "kind": "image",
+        "input": str(path.resolve()),
+        "input_sha256": file_sha256(path) if path.is_file() else None,
+        "clip": clip_identity(clip),
+        "prompts": prompts.to_dict(),
+    }
+
+
 @dataclass
-class ImageRun:
+class ImageRun(TrainingRun):
     input_path: Path
     prompts: PromptSet
     cfg: ImageConfig
@@ -158,6 +163,12 @@ class ImageRun:
     relevancy: torch.Tensor | None = None
     input_bank: torch.Tensor | None = None
 
+    kind = "image"
+
+    @property
+    def identity(self) -> dict:
+        return image_identity(self.input_path, self.clip, self.prompts)
+
     # ---- setup ---------------------------------------------------------------------------------
 
     @classmethod
@@ -171,25 +182,28 @@ class ImageRun:
         out_dir: Path,
         seed: int | None = None,
         resume: bool = False,
+        steps: int | None = None,
+        precision: str | None = None,
     ) -> ImageRun:
-        """Read and validate the input; with `resume`, adopt the checkpoint's config, prompts and seed."""
+        """Read and validate the input. With `resume` and a checkpoint, the checkpoint's config and seed
+        win, except `steps` (the total to reach) and `precision` when given; a checkpoint of another
+        input, CLIP model or prompt is refused (t2l/run.py)."""
         t0 = time.perf_counter()
         notes: list[str] = []
         state = None
-        ckpt = Path(out_dir) / "checkpoint.pt"
-        if resume and ckpt.exists():
-            try:
-                state = torch.load(ckpt, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001
-                raise InputError(f"checkpoint {ckpt} is unreadable ({e})", "rerun with --overwrite") from None
-            cfg = ImageConfig.from_dict(state["config"])
-            prompts = PromptSet(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in state["prompts"].items()}
-            )
+        if resume:
+            state = load_resume_state(out_dir, image_identity(input_path, clip, prompts), steps)
+            if state is None:
+                notes.append(f"no checkpoint in {out_dir}; starting from step 0")
+        if state is not None:
+            cfg = with_steps(ImageConfig.from_dict(state["config"]), steps)
+            if precision is not None:
+                cfg = replace(cfg, train=replace(cfg.train, precision=precision))
             seed = int(state["seed"])
-            notes.append(f"resuming {out_dir} from step {state['trainer']['step']}/{cfg.train.steps}")
-        elif resume:
-            notes.append(f"no checkpoint in {out_dir}; starting from step 0")
+            notes.append(
+                f"resuming {out_dir} from step {state['trainer']['step']}/{cfg.train.steps} "
+                f"(preset {cfg.preset}, size {cfg.size}, {cfg.train.views.n} views: the checkpoint's settings)"
+            )
         image, read_notes = read_image(input_path)
         notes += read_notes
         work = resize_short(image, cfg.size)
@@ -247,6 +261,17 @@ class ImageRun:
 
     # ---- training ------------------------------------------------------------------------------
 
+    def _before_training(self) -> None:
+        self.compute_relevancy()
+        if self.prompts.roi is not None and not (self.out_dir / "roi.png").exists():
+            self.write_roi()
+
+    def _oom_hint(self) -> str:
+        return "use --preset draft, a smaller --size, fewer --views or --precision bf16"
+
+    def _memory_context(self) -> str:
+        return f"size {self.cfg.size}, {self.cfg.train.views.n} views"
+
     def _sample(self, step: int, rng: torch.Generator) -> list[Example]:
         x, rel, cfg = self.work, self.relevancy, self.cfg
         p = sample_crop(rng, x.shape[-2], x.shape[-1], cfg.crop, cfg.generator.min_size)
@@ -273,58 +298,7 @@ class ImageRun:
             bank_rng = torch.Generator().manual_seed(self.seed + 1)
             self.input_bank = encode_view_bank(self.clip, self.work, tcfg.views, count, bank_rng)
             self.timings["input_bank_s"] = time.perf_counter() - t0
-        trainer = Trainer(gen, self.clip, texts, self._sample, tcfg, rng)
-        if self.resume_state is not None:
-            trainer.load_state_dict(self.resume_state["trainer"])
-        return trainer
-
-    def save_checkpoint(self) -> Path:
-        path = self.out_dir / "checkpoint.pt"
-        torch_save_atomic(
-            {
-                "kind": "image",
-                "trainer": self.trainer.state_dict(),
-                "config": self.cfg.to_dict(),
-                "prompts": self.prompts.to_dict(),
-                "seed": self.seed,
-                "input": str(self.input_path),
-            },
-            path,
-        )
-        return path
-
-    def events(self) -> Iterator[StepEvent]:
-        """Train, yielding a StepEvent per step. Ctrl-C saves a checkpoint and raises Interrupted."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        try:
-            self.compute_relevancy()
-            if self.prompts.roi is not None and not (self.out_dir / "roi.png").exists():
-                self.write_roi()
-            self.trainer = self._build_trainer()
-            t0 = time.perf_counter()
-            for ev in self.trainer.run():
-                self.step_seconds.append(ev.seconds)
-                self.last_event = ev
-                if ev.snapshot:
-                    self.write_snapshot(ev.step)
-                    self.save_checkpoint()
-                yield ev
-        except KeyboardInterrupt:
-            if self.trainer is None:
-                raise
-            self.save_checkpoint()
-            self._write_run_json("interrupted", {})
-            raise Interrupted(
-                f"interrupted at step {self.trainer.step}/{self.cfg.train.steps}; checkpoint saved in {self.out_dir}",
-                "rerun the same command with --resume to continue",
-            ) from None
-        except torch.OutOfMemoryError:
-            raise ResourceError(
-                f"GPU out of memory at --size {self.cfg.size} with {self.cfg.train.views.n} views",
-                "use --preset draft, a smaller --size, fewer --views or --precision bf16",
-            ) from None
-        self.timings["train_s"] = time.perf_counter() - t0
+        return Trainer(gen, self.clip, texts, self._sample, tcfg, rng)
 
     # ---- outputs -------------------------------------------------------------------------------
 
@@ -368,48 +342,36 @@ class ImageRun:
         (out / "checkpoint.pt").unlink(missing_ok=True)
         return summary
 
-    def _write_run_json(self, status: str, paths: dict) -> dict:
-        ev = self.last_event
-        secs = self.step_seconds
+    def _run_info(self) -> dict:
         h, w = self.work.shape[-2:]
-        info = {
-            "kind": "image",
-            "status": status,
+        return {
             "input": str(self.input_path.resolve()),
             "input_size": [int(self.original.shape[1]), int(self.original.shape[0])],
             "working_size": [int(w), int(h)],
-            "prompts": self.prompts.to_dict(),
-            "seed": self.seed,
-            "device": str(self.device),
-            "config": self.cfg.to_dict(),
-            "clip": {
-                "model": getattr(self.clip, "model_name", "?"),
-                "source": getattr(self.clip, "source", "?"),
-            },
-            "versions": _versions(),
-            "steps_done": self.trainer.step if self.trainer else 0,
-            "timings": {
-                **{k: round(v, 3) for k, v in self.timings.items()},
-                "steps_this_session": len(secs),
-                "median_step_s": round(statistics.median(secs), 4) if secs else None,
-            },
-            "final_losses": ({"total": ev.loss, **ev.losses, "lr": ev.lr} if ev else {}),
-            "notes": self.notes,
-            "outputs": {k: str(v) for k, v in paths.items()},
         }
-        write_json_atomic(self.out_dir / "run.json", info)
-        return info
 
 
 @torch.no_grad()
 def render_layer(generator: Generator, x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Run `generator` on x [1,3,h,w] (BatchNorm in training mode, as trained) and upsample the RGBA
-    bilinearly to size (H0, W0). Returns [H0,W0,4] uint8, straight alpha, rounded."""
+    """Run `generator` on x [1,3,h,w] (BatchNorm in training mode, as trained) and resize the RGBA to
+    size (H0, W0) with resize_rgba. Returns [H0,W0,4] uint8, straight alpha, rounded."""
     generator.train()
     rgba = generator(x)  # 1, 4, h, w
-    if tuple(rgba.shape[-2:]) != tuple(size):
-        rgba = F.interpolate(rgba, size=tuple(size), mode="bilinear", align_corners=False).clamp(0, 1)
-    return to_uint8(rgba)
+    return to_uint8(resize_rgba(rgba, size))
+
+
+def resize_rgba(rgba: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize straight RGBA [B,4,h,w] in [0,1] to size (H, W), PREMULTIPLIED: the colour under
+    alpha ~0 (unconstrained by training) never bleeds into visible edge pixels. Returns straight RGBA."""
+    if tuple(rgba.shape[-2:]) == tuple(size):
+        return rgba
+    a = rgba[:, 3:4]
+    pre = F.interpolate(
+        torch.cat([rgba[:, :3] * a, a], 1), size=tuple(size), mode="bilinear", align_corners=False
+    )
+    a2 = pre[:, 3:4].clamp(0, 1)
+    rgb = torch.where(a2 > 0, pre[:, :3] / a2.clamp_min(1e-8), torch.zeros(()))
+    return torch.cat([rgb, a2], 1).clamp(0, 1)
 
 
 def write_layer_outputs(layer: np.ndarray, original: np.ndarray, out: Path) -> dict[str, Path]:
@@ -424,17 +386,3 @@ def write_layer_outputs(layer: np.ndarray, original: np.ndarray, out: Path) -> d
         "greenscreen": save_png(composite_uint8(layer, green), out / "greenscreen.png"),
         "alpha": save_png(layer[..., 3], out / "alpha.png"),
     }
-
-
-def output_state(out_dir: Path) -> str:
-    """'done' (run.json says done), 'partial' (a checkpoint but no finished run) or 'empty'."""
-    import json
-
-    rj = out_dir / "run.json"
-    if rj.exists():
-        try:
-            if json.loads(rj.read_text()).get("status") == "done":
-                return "done"
-        except (OSError, ValueError):
-            pass
-    return "partial" if (out_dir / "checkpoint.pt").exists() else "empty"

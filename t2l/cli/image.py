@@ -100,7 +100,11 @@ def image(
     ] = "auto",
     steps: Annotated[
         int | None,
-        typer.Option("--steps", help="Training steps (default: from --preset).", rich_help_panel=_RUN),
+        typer.Option(
+            "--steps",
+            help="Total training steps (default: from --preset; on --resume: the checkpoint's).",
+            rich_help_panel=_RUN,
+        ),
     ] = None,
     size: Annotated[
         int | None,
@@ -151,8 +155,13 @@ def image(
         ),
     ] = False,
     precision: Annotated[
-        str, typer.Option("--precision", help="fp32, or on a CUDA GPU bf16 / tf32.", rich_help_panel=_RUN)
-    ] = "fp32",
+        str | None,
+        typer.Option(
+            "--precision",
+            help="fp32 (default), or on a CUDA GPU bf16 / tf32; on --resume, changes the checkpoint's.",
+            rich_help_panel=_RUN,
+        ),
+    ] = None,
     clip_model: ClipModelOpt = DEFAULT_CLIP_MODEL,
     clip_weights: ClipWeightsOpt = DEFAULT_CLIP_WEIGHTS,
     offline: OfflineOpt = False,
@@ -191,6 +200,7 @@ def image(
     from t2l.device import resolve_device
     from t2l.generator import GeneratorConfig
     from t2l.image import resolve_config
+    from t2l.run import output_state
 
     dev = resolve_device(device)
     gen_cfg = GeneratorConfig(depth=gen_depth, width=gen_width)
@@ -199,8 +209,9 @@ def image(
             f"--size {size} is below the generator's minimum side {gen_cfg.min_size}",
             f"use --size >= {gen_cfg.min_size}",
         )
-    cfg, note = resolve_config(preset, dev.type, steps, size, views, save_every, gen_cfg, precision)
-    if note:
+    cfg, note = resolve_config(preset, dev.type, steps, size, views, save_every, gen_cfg, precision or "fp32")
+    resuming = resume and any(output_state(out) == "partial" for out in outs)
+    if note and not resuming:  # a resumed run keeps its checkpoint's preset: the note would mislead
         info(note)
     if seed is not None:
         torch.manual_seed(seed)
@@ -216,7 +227,7 @@ def image(
     for path, out in zip(images, outs, strict=True):
         try:
             result = _run_one(
-                path, out, prompts, cfg, get_clip, dev, seed, resume, overwrite, show_roi, json_out
+                path, out, prompts, cfg, get_clip, dev, seed, resume, overwrite, show_roi, (steps, precision)
             )
         except (Interrupted, ResourceError, WeightsUnavailable):
             raise  # these stop the whole batch
@@ -232,9 +243,9 @@ def image(
         raise typer.Exit(1)
 
 
-def _run_one(path, out, prompts, cfg, get_clip, dev, seed, resume, overwrite, show_roi, json_out) -> dict:
-    from t2l.image import output_state
+def _run_one(path, out, prompts, cfg, get_clip, dev, seed, resume, overwrite, show_roi, overrides) -> dict:
     from t2l.imageio import read_image
+    from t2l.run import output_state
 
     state = output_state(out) if out.exists() else "empty"
     if not show_roi:
@@ -248,23 +259,27 @@ def _run_one(path, out, prompts, cfg, get_clip, dev, seed, resume, overwrite, sh
     read_image(path)  # fail on a bad input before loading CLIP (seconds) for it
     with output_dir(out):  # a run that fails before writing anything leaves no empty folder
         return _train_one(
-            path, out, prompts, cfg, get_clip, dev, seed, resume and state == "partial", show_roi
+            path, out, prompts, cfg, get_clip, dev, seed, resume and state == "partial", show_roi, overrides
         )
 
 
-def _train_one(path, out, prompts, cfg, get_clip, dev, seed, resume, show_roi) -> dict:
+def _train_one(path, out, prompts, cfg, get_clip, dev, seed, resume, show_roi, overrides) -> dict:
     from t2l.image import ImageRun
 
-    run = ImageRun.prepare(path, prompts, cfg, get_clip(), dev, out, seed=seed, resume=resume)
+    steps, precision = overrides
+    run = ImageRun.prepare(
+        path, prompts, cfg, get_clip(), dev, out, seed=seed, resume=resume, steps=steps, precision=precision
+    )
     for n in run.notes:
         info(n)
     if show_roi:
         roi_path = run.write_roi()
         info(f"wrote {roi_path}")
         return {"input": str(path), "output": str(out), "status": "roi", "roi": str(roi_path)}
-    total = cfg.train.steps
-    with make_progress() as progress:
-        task = progress.add_task(path.name, total=total, status="", completed=0)
+    with (
+        make_progress() as progress
+    ):  # total and start from the run: a resumed run's come from its checkpoint
+        task = progress.add_task(path.name, total=run.total_steps, status="", completed=run.done_steps)
         for ev in run.events():
             progress.update(task, completed=ev.step, status=f"loss {ev.loss:.3f}")
     summary = run.finish()
