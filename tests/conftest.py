@@ -60,3 +60,362 @@ def online_hf_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     return tmp_path / "hf"
+
+
+# ---- HF cache layout, network cut, a local HF hub, file-system faults (CLIP weights tests) ------
+
+
+def _fake_hf_cache(root, repo: str, files: dict):
+    """Lay files out like huggingface_hub does: blobs/, snapshots/<commit>/ symlinks, refs/main.
+
+    Blobs are named by content (sha256), as the hub names LFS files; returns the snapshot folder.
+    """
+    import hashlib
+    from pathlib import Path
+
+    repo_dir = Path(root) / f"models--{repo.replace('/', '--')}"
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    snap = repo_dir / "snapshots" / commit
+    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
+    snap.mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs").mkdir(exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    for name, src in files.items():
+        data = src if isinstance(src, bytes) else Path(src).read_bytes()
+        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / name).unlink(missing_ok=True)
+        (snap / name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    return snap
+
+
+@pytest.fixture
+def fake_hf_cache():
+    """fake_hf_cache(root, repo, {file name: path or bytes}) -> snapshot folder (HF cache layout)."""
+    return _fake_hf_cache
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any DNS lookup or socket connect fails at once, like a machine without network."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled by test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture(scope="session")
+def openai_hub_location():
+    """(repo id, weights file name) where open_clip's pretrained table puts the default CLIP's
+    weights, read from open_clip itself (not from t2l, so that t2l's reading of it is tested)."""
+    import open_clip
+
+    hub = open_clip.get_pretrained_cfg("ViT-B-32-quickgelu", "openai")["hf_hub"]
+    assert hub.endswith("/"), hub  # "ORG/REPO/": open_clip's default file names apply
+    return hub.rstrip("/"), open_clip.pretrained.HF_SAFE_WEIGHTS_NAME
+
+
+@pytest.fixture
+def tiny_as_default_model(monkeypatch):
+    """open_clip's ViT-B-32-quickgelu config becomes the tiny CLIP's (its weights entry is untouched),
+    so the real default tag resolves, downloads and then builds a model the tiny weights fit."""
+    import copy
+
+    import open_clip.factory
+
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "ViT-B-32-quickgelu", copy.deepcopy(TINY_CLIP_CFG))
+
+
+class HubServer:
+    """A small HF-hub look-alike on 127.0.0.1 for huggingface_hub's real download code.
+
+    Serves HEAD/GET /ORG/REPO/resolve/REV/FILE with the headers the hub sends (X-Repo-Commit, ETag,
+    X-Linked-Etag/-Size for weights, Range requests). Faults, set by the test:
+      status = 503        every request answers that code
+      drop = n            the next n GETs send half the body, then the connection is closed
+      refuse_after_drop   after a drop, every GET is closed before any answer (network gone)
+      stall = True        GETs send half the body, then nothing (until release or 30 s)
+      silent = True       requests are read and never answered (until release or 30 s)
+      hold_gets_for_heads = n   a GET waits until n HEADs have arrived (at most 60 s)
+      chunk_delay = s     the body goes out in 64 KB chunks, s seconds apart
+    Every wait is bounded; at most MAX_REQUESTS requests are served (then 500s).
+    """
+
+    MAX_REQUESTS = 300
+    MAX_WAIT_S = 30.0
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.files: dict[tuple[str, str], bytes] = {}
+        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self.status = None
+        self.drop = 0
+        self.refuse_after_drop = False
+        self.stall = False
+        self.silent = False
+        self.hold_gets_for_heads = 0
+        self.chunk_delay = 0.0
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self._heads = threading.Condition(self._lock)
+        self._dropped = False
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = server.MAX_WAIT_S  # an idle keep-alive connection is closed after this
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                server._serve(self, body=False)
+
+            def do_GET(self):
+                server._serve(self, body=True)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05})
+        self._thread.daemon = True
+        self._thread.start()
+
+    def add(self, repo: str, filename: str, data: bytes) -> None:
+        self.files[(repo, filename)] = data
+
+    def count(self, method: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for m, _, _ in self.requests if method in (None, m))
+
+    def close(self) -> None:
+        self.release.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
+
+    # -- one request --
+
+    def _serve(self, h, body: bool) -> None:
+        import hashlib
+        import time
+        from urllib.parse import unquote
+
+        with self._lock:
+            self.requests.append((h.command, h.path, h.headers.get("Range")))
+            n = len(self.requests)
+            if h.command == "HEAD":
+                self._heads.notify_all()
+        if n > self.MAX_REQUESTS:
+            return self._reply(h, 500, {}, b"")
+        if self.silent:
+            self.release.wait(self.MAX_WAIT_S)
+            h.close_connection = True
+            return None
+        if self.status:
+            return self._reply(h, self.status, {"X-Error-Message": "test server fault"}, b"")
+        parts = unquote(h.path.split("?", 1)[0]).lstrip("/").split("/")
+        if len(parts) < 5 or parts[2] != "resolve":
+            return self._reply(h, 404, {}, b"")  # e.g. huggingface_hub's /api/agent-harnesses
+        repo, filename = "/".join(parts[:2]), "/".join(parts[4:])
+        commit = hashlib.sha1(repo.encode()).hexdigest()
+        if not any(r == repo for r, _ in self.files):
+            return self._reply(h, 404, {"X-Error-Code": "RepoNotFound"}, b"")
+        data = self.files.get((repo, filename))
+        if data is None:
+            return self._reply(h, 404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}, b"")
+        if filename.endswith(".json"):  # a small git file: etag = git blob sha1
+            etag = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+            headers = {"ETag": f'"{etag}"'}
+        else:  # an LFS file: etag = sha256, size in X-Linked-Size
+            etag = hashlib.sha256(data).hexdigest()
+            headers = {"ETag": f'"{etag}"', "X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))}
+        headers.update({"X-Repo-Commit": commit, "Accept-Ranges": "bytes"})
+        headers["Content-Disposition"] = f'attachment; filename="{filename.rsplit("/", 1)[-1]}";'
+        if not body:
+            return self._reply(h, 200, headers, b"", length=len(data))
+        with self._heads:
+            if self._dropped and self.refuse_after_drop:
+                h.close_connection = True
+                return None  # closed without an answer
+            deadline = time.monotonic() + 2 * self.MAX_WAIT_S
+            while self.hold_gets_for_heads and self._count_heads() < self.hold_gets_for_heads:
+                if not self._heads.wait(max(0.0, deadline - time.monotonic())):
+                    break
+        start = 0
+        rng = h.headers.get("Range")
+        if rng and rng.startswith("bytes=") and rng[6:].split("-")[0].isdigit():
+            start = int(rng[6:].split("-")[0])
+        part = data[start:]
+        status = 206 if start else 200
+        if start:
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        cut = None
+        with self._lock:
+            if self.drop > 0:
+                self.drop -= 1
+                self._dropped = True
+                cut = len(part) // 2
+        if self.stall:
+            cut = len(part) // 2
+        self._reply(h, status, headers, part, cut=cut)
+
+    def _count_heads(self) -> int:
+        return sum(1 for m, _, _ in self.requests if m == "HEAD")
+
+    def _reply(self, h, status, headers, body: bytes, length: int | None = None, cut: int | None = None):
+        import time
+
+        h.send_response(status)
+        for k, v in headers.items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body) if length is None else length))
+        h.end_headers()
+        if not body:
+            return
+        end = len(body) if cut is None else cut
+        step = 1 << 16
+        try:
+            for i in range(0, end, step):
+                h.wfile.write(body[i : min(i + step, end)])
+                if self.chunk_delay:
+                    time.sleep(self.chunk_delay)
+            h.wfile.flush()
+            if cut is not None:
+                if self.stall:
+                    self.release.wait(self.MAX_WAIT_S)
+                h.close_connection = True
+                h.connection.shutdown(2)  # cut: the client sees the connection end mid-body
+        except OSError:
+            h.close_connection = True
+
+
+@pytest.fixture
+def hub_server(online_hf_cache, monkeypatch, tiny_clip_files, openai_hub_location):
+    """A HubServer on 127.0.0.1 serving the tiny CLIP as the default CLIP's weights file (the real
+    repo id and file name from open_clip's table); huggingface_hub (in this process via its
+    constants, in child processes via HF_ENDPOINT) talks only to it. HF cache: online_hf_cache."""
+    from huggingface_hub import constants
+
+    server = HubServer()
+    repo, filename = openai_hub_location
+    server.add(repo, filename, tiny_clip_files[1].read_bytes())
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("HOME", str(online_hf_cache.parent / "home"))  # no ~/.cache/clip of the real user
+    yield server
+    server.close()
+
+
+class FsFaults:
+    """Simulated file-system faults below a folder, at the os/io calls huggingface_hub and t2l use."""
+
+    def __init__(self, monkeypatch):
+        self.mp = monkeypatch
+
+    def read_only(self, root) -> None:
+        """Like a read-only mount (works as root, unlike chmod): every write below `root` -> EROFS."""
+        import builtins
+        import errno
+        import io
+        import os
+
+        root = os.path.abspath(root)
+
+        def under(p) -> bool:
+            try:
+                return os.path.abspath(os.fspath(p)).startswith(root)
+            except TypeError:
+                return False
+
+        def deny(p):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(p))
+
+        def guard(fn, nargs=1):
+            def wrapped(*args, **kwargs):
+                if any(under(a) for a in args[:nargs]):
+                    deny(next(a for a in args[:nargs] if under(a)))
+                return fn(*args, **kwargs)
+
+            return wrapped
+
+        real_open, real_os_open = builtins.open, os.open
+
+        def open_(file, mode="r", *args, **kwargs):
+            if any(c in mode for c in "wax+") and under(file):
+                deny(file)
+            return real_open(file, mode, *args, **kwargs)
+
+        def os_open(path, flags, *args, **kwargs):
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and under(path):
+                deny(path)
+            return real_os_open(path, flags, *args, **kwargs)
+
+        self.mp.setattr(builtins, "open", open_)
+        self.mp.setattr(io, "open", open_)
+        self.mp.setattr(os, "open", os_open)
+        for name, n in (
+            ("mkdir", 1),
+            ("rename", 2),
+            ("replace", 2),
+            ("symlink", 2),
+            ("link", 2),
+            ("unlink", 1),
+        ):
+            self.mp.setattr(os, name, guard(getattr(os, name), n))
+
+    def disk_full(self, root, free_bytes: int) -> None:
+        """Like a disk with `free_bytes` left: writes to files below `root` fail with ENOSPC beyond it."""
+        import builtins
+        import errno
+        import io
+        import os
+
+        root = os.path.abspath(root)
+        real_open = builtins.open
+        state = {"left": free_bytes}
+
+        class Full:
+            def __init__(self, f):
+                self._f = f
+
+            def write(self, b):
+                if len(b) > state["left"]:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                state["left"] -= len(b)
+                return self._f.write(b)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self._f.close()
+
+            def __getattr__(self, name):
+                return getattr(self._f, name)
+
+        def open_(file, mode="r", *args, **kwargs):
+            f = real_open(file, mode, *args, **kwargs)
+            if any(c in mode for c in "wax+") and os.path.abspath(os.fspath(file)).startswith(root):
+                return Full(f)
+            return f
+
+        self.mp.setattr(builtins, "open", open_)
+        self.mp.setattr(io, "open", open_)
+
+
+@pytest.fixture
+def fs_faults(monkeypatch):
+    """fs_faults.read_only(folder) / fs_faults.disk_full(folder, free_bytes): simulated faults."""
+    return FsFaults(monkeypatch)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 
-from test_clip_weights import OPENAI_REPO, fake_hf_cache, no_network
 from typer.testing import CliRunner
 
 from t2l.cli import app
 
 runner = CliRunner()
+OPENAI_REPO = "timm/vit_base_patch32_clip_224.openai"
 
 
 def run(*args):
@@ -25,7 +25,7 @@ def test_list_empty_cache(online_hf_cache):
     assert r.exit_code == 0 and r.stdout == ""
 
 
-def test_list_shows_cached_clip_files(online_hf_cache, tiny_clip_files):
+def test_list_shows_cached_clip_files(online_hf_cache, tiny_clip_files, fake_hf_cache):
     fake_hf_cache(online_hf_cache, OPENAI_REPO, {"open_clip_model.safetensors": tiny_clip_files[1]})
     fake_hf_cache(online_hf_cache, "someorg/not-clip", {"model.safetensors": b"x"})
     r = run("models", "list", "--json")
@@ -41,8 +41,8 @@ def test_list_shows_cached_clip_files(online_hf_cache, tiny_clip_files):
     assert r.exit_code == 0 and "vit_base_patch32_clip_224.openai" in r.stdout
 
 
-def test_path_prints_cached_file(online_hf_cache):
-    snap = fake_hf_cache(online_hf_cache, OPENAI_REPO, {"open_clip_model.safetensors": b"weights"})
+def test_path_prints_cached_file(online_hf_cache, fake_hf_cache, tiny_clip_files):
+    snap = fake_hf_cache(online_hf_cache, OPENAI_REPO, {"open_clip_model.safetensors": tiny_clip_files[1]})
     r = run("models", "path", "ViT-B-32-quickgelu")
     assert r.exit_code == 0, r.stderr
     assert r.stdout.strip() == str(snap / "open_clip_model.safetensors")
@@ -50,8 +50,7 @@ def test_path_prints_cached_file(online_hf_cache):
     assert json.loads(r.stdout)["source"] == f"hf-hub:{OPENAI_REPO}@open_clip_model.safetensors"
 
 
-def test_path_not_cached_exits_3(online_hf_cache, monkeypatch):
-    no_network(monkeypatch)
+def test_path_not_cached_exits_3(online_hf_cache, no_network):
     r = run("models", "path", "ViT-B-32-quickgelu", "--weights", "openai")
     assert r.exit_code == 3
     assert r.stdout == "" and "Traceback" not in r.stderr
@@ -63,8 +62,7 @@ def test_path_unknown_tag_is_usage_error(online_hf_cache):
     assert r.exit_code == 2 and "known tags: openai" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_download_without_network_fails_fast(online_hf_cache, monkeypatch):
-    no_network(monkeypatch)
+def test_download_without_network_fails_fast(online_hf_cache, no_network):
     t0 = time.perf_counter()
     r = run("models", "download")
     assert time.perf_counter() - t0 < 10
@@ -74,9 +72,8 @@ def test_download_without_network_fails_fast(online_hf_cache, monkeypatch):
     assert "--clip-weights /path/to/file.safetensors" in err and str(online_hf_cache) in err
 
 
-def test_download_when_cached_touches_no_network(online_hf_cache, monkeypatch):
+def test_download_when_cached_touches_no_network(online_hf_cache, fake_hf_cache, no_network):
     snap = fake_hf_cache(online_hf_cache, OPENAI_REPO, {"open_clip_pytorch_model.bin": b"w"})
-    no_network(monkeypatch)
     r = run("models", "download", "ViT-B-32-quickgelu", "--weights", "openai")
     assert r.exit_code == 0, r.stderr
     assert r.stdout.strip() == str(snap / "open_clip_pytorch_model.bin")

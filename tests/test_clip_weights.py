@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import socket
 import time
 import warnings
 from pathlib import Path
@@ -25,35 +23,6 @@ from t2l.clip.weights import (
 from t2l.errors import InputError, UsageError, WeightsUnavailable
 
 OPENAI_REPO = "timm/vit_base_patch32_clip_224.openai"
-
-
-def fake_hf_cache(root: Path, repo: str, files: dict[str, Path | bytes]) -> Path:
-    """Lay files out like huggingface_hub does: blobs/, snapshots/<commit>/ symlinks, refs/main."""
-    repo_dir = root / f"models--{repo.replace('/', '--')}"
-    commit = hashlib.sha1(repo.encode()).hexdigest()
-    snap = repo_dir / "snapshots" / commit
-    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
-    snap.mkdir(parents=True, exist_ok=True)
-    (repo_dir / "refs").mkdir(exist_ok=True)
-    (repo_dir / "refs" / "main").write_text(commit)
-    for name, src in files.items():
-        data = src if isinstance(src, bytes) else Path(src).read_bytes()
-        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snap / name).unlink(missing_ok=True)
-        (snap / name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
-    return snap
-
-
-def no_network(monkeypatch):
-    """Any DNS lookup or socket connect fails at once, like a machine without network."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled by test")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def tiny_spec(tiny_clip_files, **kw) -> ClipSpec:
@@ -122,12 +91,14 @@ def test_registry_location_of_the_default():
     assert HUB_FILES == ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
-def test_default_model_is_quickgelu_from_the_shared_cache(monkeypatch, tmp_path):
+def test_default_model_is_quickgelu_from_the_shared_cache(
+    monkeypatch, tmp_path, fake_hf_cache, tiny_clip_files
+):
     """The default (and plain ViT-B-32 with the openai tag) must build QuickGELU, found in HF_HUB_CACHE."""
     import open_clip
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    snap = fake_hf_cache(tmp_path / "hf", OPENAI_REPO, {"open_clip_model.safetensors": b"placeholder"})
+    snap = fake_hf_cache(tmp_path / "hf", OPENAI_REPO, {"open_clip_model.safetensors": tiny_clip_files[1]})
     for model in ("ViT-B-32-quickgelu", "ViT-B-32"):
         r = resolve_weights(ClipSpec(model=model, weights="openai", offline=True))
         assert r.path == snap / "open_clip_model.safetensors"
@@ -142,7 +113,7 @@ def test_default_model_is_quickgelu_from_the_shared_cache(monkeypatch, tmp_path)
     assert len(acts) == 12 and all(isinstance(m, open_clip.transformer.QuickGELU) for m in acts)
 
 
-def test_bin_fallback_in_cache(monkeypatch, tmp_path):
+def test_bin_fallback_in_cache(monkeypatch, tmp_path, fake_hf_cache):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     snap = fake_hf_cache(tmp_path / "hf", OPENAI_REPO, {"open_clip_pytorch_model.bin": b"x"})
     r = resolve_weights(ClipSpec(offline=True))
@@ -151,7 +122,9 @@ def test_bin_fallback_in_cache(monkeypatch, tmp_path):
     )
 
 
-def test_hf_hub_repo_with_config_loads_offline_from_cache(tiny_clip_files, monkeypatch, tmp_path):
+def test_hf_hub_repo_with_config_loads_offline_from_cache(
+    tiny_clip_files, monkeypatch, tmp_path, fake_hf_cache
+):
     cfg, weights = tiny_clip_files
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     hub_cfg = {
@@ -169,18 +142,13 @@ def test_hf_hub_repo_with_config_loads_offline_from_cache(tiny_clip_files, monke
     assert clip.encode_text(["a cat"]).shape == (1, 32)
 
 
-def test_offline_empty_cache_fails_without_network(online_hf_cache, monkeypatch):
-    import t2l.clip.weights as w
-
-    def boom(*a, **k):
-        raise AssertionError("network touched in offline mode")
-
-    monkeypatch.setattr(w, "hub_reachable", boom)
+def test_offline_empty_cache_fails_without_network(hub_server, online_hf_cache):
     with pytest.raises(WeightsUnavailable) as e:
         load_clip(ClipSpec(offline=True))
     msg = str(e.value)
     assert "\n" not in msg and "offline mode" in msg and str(online_hf_cache) in msg
     assert "t2l models download ViT-B-32-quickgelu" in msg and "--clip-weights" in msg
+    assert hub_server.requests == []  # the hub (serving these weights) was never asked
 
 
 def test_env_hf_hub_offline_means_offline(monkeypatch):
@@ -193,8 +161,7 @@ def test_env_hf_hub_offline_means_offline(monkeypatch):
     assert not is_offline(ClipSpec()) and is_offline(ClipSpec(offline=True))
 
 
-def test_no_network_empty_cache_fails_fast_with_one_line(online_hf_cache, monkeypatch):
-    no_network(monkeypatch)
+def test_no_network_empty_cache_fails_fast_with_one_line(online_hf_cache, no_network):
     t0 = time.perf_counter()
     with pytest.raises(WeightsUnavailable) as e:
         load_clip(ClipSpec())
@@ -210,36 +177,31 @@ def test_no_network_empty_cache_fails_fast_with_one_line(online_hf_cache, monkey
     assert e.value.exit_code == 3
 
 
-def test_download_prefers_safetensors_then_falls_back_to_bin(online_hf_cache, monkeypatch, tmp_path):
-    import huggingface_hub
-    from huggingface_hub.errors import EntryNotFoundError
+def test_download_prefers_safetensors_then_falls_back_to_bin(hub_server, online_hf_cache, tiny_clip_files):
+    import torch
 
-    import t2l.clip.weights as w
-
-    calls = []
-
-    class Bar:  # stands in for the CLI's progress class; it must be passed through
-        pass
-
-    def fake_download(repo_id, filename, cache_dir=None, tqdm_class=None, **kw):
-        calls.append((repo_id, filename, cache_dir, tqdm_class))
-        if filename.endswith(".safetensors"):
-            raise EntryNotFoundError("no such file")
-        out = tmp_path / filename
-        out.write_bytes(b"x")
-        return str(out)
-
-    monkeypatch.setattr(w, "hub_reachable", lambda timeout=0: True)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    r = resolve_weights(ClipSpec(), download_progress=Bar)
-    assert [c[1] for c in calls] == list(HUB_FILES)
-    assert all(c[0] == OPENAI_REPO and c[2] == str(online_hf_cache) and c[3] is Bar for c in calls)
+    hub_server.files.clear()  # a repo with only the pickled state dict
+    torch.save(_state_dict(tiny_clip_files), online_hf_cache.parent / "sd.bin")
+    hub_server.add(
+        OPENAI_REPO, "open_clip_pytorch_model.bin", (online_hf_cache.parent / "sd.bin").read_bytes()
+    )
+    r = resolve_weights(ClipSpec(), download_progress=None)
+    heads = [p.rsplit("/", 1)[-1] for m, p, _ in hub_server.requests if m == "HEAD"]
+    assert heads[0] == HUB_FILES[0] and set(heads[1:]) == {HUB_FILES[1]}, heads
     assert r.source == f"hf-hub:{OPENAI_REPO}@open_clip_pytorch_model.bin"
+    assert r.path.read_bytes() == (online_hf_cache.parent / "sd.bin").read_bytes()
+    assert str(r.path).startswith(str(online_hf_cache))
 
 
-def test_cache_dir_in_spec_wins(monkeypatch, tmp_path):
+def _state_dict(tiny_clip_files):
+    from safetensors.torch import load_file
+
+    return load_file(str(tiny_clip_files[1]))
+
+
+def test_cache_dir_in_spec_wins(monkeypatch, tmp_path, fake_hf_cache, tiny_clip_files):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
-    snap = fake_hf_cache(tmp_path / "mine", OPENAI_REPO, {"open_clip_model.safetensors": b"x"})
+    snap = fake_hf_cache(tmp_path / "mine", OPENAI_REPO, {"open_clip_model.safetensors": tiny_clip_files[1]})
     r = resolve_weights(ClipSpec(offline=True, cache_dir=str(tmp_path / "mine")))
     assert r.path == snap / "open_clip_model.safetensors"
     shutil.rmtree(tmp_path / "mine")
@@ -247,30 +209,32 @@ def test_cache_dir_in_spec_wins(monkeypatch, tmp_path):
         resolve_weights(ClipSpec(offline=True, cache_dir=str(tmp_path / "mine")))
 
 
-def test_hub_probe_gives_up_on_a_hanging_lookup(monkeypatch):
+def test_hub_probe_gives_up_on_a_hanging_lookup(online_hf_cache, monkeypatch):
+    """A DNS lookup that never answers (no socket timeout covers it) still fails within the probe timeout."""
+    import socket
     import threading
 
-    import huggingface_hub.utils
-
-    from t2l.clip.weights import hub_reachable
+    from huggingface_hub import constants
 
     release = threading.Event()
 
-    class Hanging:
-        def head(self, url, timeout=None):
-            release.wait(30)  # like a DNS lookup that never answers (no socket timeout covers it)
+    def hanging(*args, **kwargs):
+        release.wait(30)
+        raise OSError("no answer")
 
-    class Answering:
-        def head(self, url, timeout=None):
-            return None
-
-    monkeypatch.setattr(huggingface_hub.utils, "get_session", lambda: Hanging())
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://hub.invalid")
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", "http://hub.invalid/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "0.5")
     t0 = time.perf_counter()
-    assert hub_reachable(timeout=0.3) is False
-    assert time.perf_counter() - t0 < 2
-    release.set()
-    monkeypatch.setattr(huggingface_hub.utils, "get_session", lambda: Answering())
-    assert hub_reachable(timeout=2) is True
+    try:
+        with pytest.raises(WeightsUnavailable, match=r"did not answer within 0.5 s"):
+            resolve_weights(ClipSpec())
+        assert time.perf_counter() - t0 < 2
+    finally:
+        release.set()
 
 
 def test_openai_torchscript_archive_always_builds_quickgelu(tiny_clip_files, tmp_path):
@@ -325,30 +289,17 @@ def test_wrong_files_give_one_line_errors_naming_them(tiny_clip_files, tmp_path)
         assert expect in msg and "\n" not in msg and "\x1b" not in msg, msg
 
 
-def test_download_errors_stay_on_one_line(online_hf_cache, monkeypatch):
+def test_download_errors_stay_on_one_line(hub_server, online_hf_cache):
     """huggingface_hub's HTTP errors span several lines; the message must not."""
-    import huggingface_hub
-    from huggingface_hub.errors import EntryNotFoundError
-
-    import t2l.clip.weights as w
-
-    monkeypatch.setattr(w, "hub_reachable", lambda timeout=0: True)
-
-    def broken(repo_id, filename, **kw):
-        raise ConnectionError("502 Server Error: Bad Gateway\n\nRequest ID: abc\nretry later")
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", broken)
+    hub_server.status = 502
     with pytest.raises(WeightsUnavailable) as e:
         resolve_weights(ClipSpec())
-    assert "\n" not in str(e.value) and "502 Server Error" in str(e.value)
-
-    def missing(repo_id, filename, **kw):
-        raise EntryNotFoundError(f"404 Client Error.\n\nEntry Not Found for url: {filename}")
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing)
+    assert "\n" not in str(e.value) and "answered HTTP 502" in str(e.value)
+    hub_server.status = None
+    hub_server.files = {(OPENAI_REPO, "README.md"): b"no weights here"}
     with pytest.raises(WeightsUnavailable) as e:
         resolve_weights(ClipSpec())
-    assert "\n" not in str(e.value) and "404 Client Error" in str(e.value)
+    assert "\n" not in str(e.value) and "has none of open_clip_model.safetensors" in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -374,7 +325,9 @@ def test_hf_cache_root_follows_huggingface_hub_rules(monkeypatch, tmp_path, env,
     assert hf_hub_cache_dir(tmp_path / "flag") == tmp_path / "flag"  # --cache-dir wins over everything
 
 
-def test_hf_hub_repo_of_openai_weights_builds_quickgelu(tiny_clip_files, monkeypatch, tmp_path):
+def test_hf_hub_repo_of_openai_weights_builds_quickgelu(
+    tiny_clip_files, monkeypatch, tmp_path, fake_hf_cache
+):
     """hf-hub:timm/...openai: the registry says QuickGELU even if the repo's config leaves it out."""
     cfg, weights = tiny_clip_files
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))

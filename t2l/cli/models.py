@@ -54,15 +54,22 @@ def download(
     name: NameArg = DEFAULT_CLIP_MODEL,
     weights: WeightsOpt = DEFAULT_CLIP_WEIGHTS,
     cache_dir: CacheDirOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Download again even if cached (replaces a damaged file).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Download CLIP weights into the HF cache (nothing happens if they are there) and print the path."""
     from t2l.clip.spec import ClipSpec
-    from t2l.clip.weights import resolve_weights
+    from t2l.clip.weights import CorruptWeights, resolve_weights
 
     spec = _spec(name, weights, cache_dir, ClipSpec)
     info(f"resolving {spec.model}/{spec.weights} ...")
-    r = resolve_weights(spec, download_progress=download_progress_class(), offline=False)
+    try:
+        r = resolve_weights(spec, download_progress=download_progress_class(), offline=False, force=force)
+    except CorruptWeights as e:  # you asked for a download: replace the damaged file
+        info(f"{e.problem}; downloading it again")
+        r = resolve_weights(spec, download_progress=download_progress_class(), offline=False, force=True)
     _print_result(r, json_out)
 
 
@@ -89,7 +96,10 @@ def path(
 @models_app.command("list")
 @handle_errors
 def list_(cache_dir: CacheDirOpt = None, json_out: JsonOpt = False) -> None:
-    """List the CLIP weights in the HF cache: repo, file, size and path. Works with an empty cache."""
+    """List the CLIP weights on disk: HF cache (complete and partial downloads) and OpenAI's ~/.cache/clip.
+
+    One line per file: model(s), size, state, path. Works with an empty cache; never networks.
+    """
     from t2l.cache import hf_hub_cache_dir
 
     root = hf_hub_cache_dir(cache_dir)
@@ -105,26 +115,34 @@ def list_(cache_dir: CacheDirOpt = None, json_out: JsonOpt = False) -> None:
     if not rows:
         info(f"no CLIP weights cached in {root}; get the default ones with `t2l models download`")
         return
-    info(f"CLIP weights in {root}:")
-    w_repo = max(len(r["repo"]) for r in rows)
+    info(f"CLIP weights in {root} (and OpenAI's ~/.cache/clip):")
+    w_model = max(len(r["model"]) for r in rows)
     w_file = max(len(r["file"]) for r in rows)
     for row in rows:  # one plain line per file on stdout: readable, and greppable in a pipe
         typer.echo(
-            f"{row['repo']:<{w_repo}}  {row['file']:<{w_file}}  {_human(row['size_bytes']):>9}  {row['path']}"
+            f"{row['model']:<{w_model}}  {row['file']:<{w_file}}  {_human(row['size_bytes']):>9}  "
+            f"{row['state']:<8}  {row['path']}"
         )
 
 
 def cached_clip_files(root: Path) -> list[dict]:
-    """One dict per open_clip file in the HF cache at `root` (newest revision per repo and file)."""
+    """One dict per CLIP weights file on disk: repo, file, model, size_bytes, state, path.
+
+    state: "complete" (an HF cache file, newest revision per repo and file), "partial" (an
+    unfinished download: huggingface_hub's *.incomplete blob) or "openai" (OpenAI's TorchScript
+    file in ~/.cache/clip; checked against its sha256 when used). model: the open_clip model/tag
+    pairs of the pretrained table that use the file ("?" when none).
+    """
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
+    by_repo, by_openai = _registry_index()
+    rows = []
     try:
         cache = scan_cache_dir(root)
     except CacheNotFound:
-        return []
-    rows = []
-    for repo in sorted(cache.repos, key=lambda r: r.repo_id):
+        cache = None
+    for repo in sorted(cache.repos if cache else [], key=lambda r: r.repo_id):
         if repo.repo_type != "model":
             continue
         newest: dict[str, object] = {}
@@ -133,10 +151,55 @@ def cached_clip_files(root: Path) -> list[dict]:
                 if f.file_name in _CLIP_FILES:
                     newest[f.file_name] = f
         for name, f in sorted(newest.items()):
+            if name.endswith(".json") and len(newest) > 1:
+                continue  # the config beside weights: not weights itself
             rows.append(
-                {"repo": repo.repo_id, "file": name, "size_bytes": f.size_on_disk, "path": str(f.file_path)}
+                _row(repo.repo_id, name, by_repo.get(repo.repo_id), f.size_on_disk, "complete", f.file_path)
             )
+    if root.is_dir():  # unfinished downloads: scan_cache_dir does not list them
+        for part in sorted(root.glob("models--*/blobs/*.incomplete")):
+            repo_id = part.parent.parent.name[len("models--") :].replace("--", "/")
+            if repo_id in by_repo or any(part.parent.parent.glob("snapshots/*/open_clip_*")):
+                size = part.stat().st_size
+                rows.append(_row(repo_id, "(partial download)", by_repo.get(repo_id), size, "partial", part))
+    from t2l.clip.weights import OPENAI_CLIP_DIR
+
+    openai_dir = Path(OPENAI_CLIP_DIR).expanduser()
+    if openai_dir.is_dir():
+        for pt in sorted(openai_dir.glob("*.pt")):
+            rows.append(_row("openai/clip", pt.name, by_openai.get(pt.name), pt.stat().st_size, "openai", pt))
     return rows
+
+
+def _row(repo: str, file: str, models: list[str] | None, size: int, state: str, path) -> dict:
+    return {
+        "model": ", ".join(models) if models else "?",
+        "repo": repo,
+        "file": file,
+        "size_bytes": size,
+        "state": state,
+        "path": str(path),
+    }
+
+
+def _registry_index() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """From open_clip's pretrained table: HF repo -> ["model/tag", ...], OpenAI .pt name -> same."""
+    import open_clip
+
+    from t2l.clip.weights import openai_clip_file
+
+    by_repo: dict[str, list[str]] = {}
+    by_openai: dict[str, list[str]] = {}
+    for model, tag in open_clip.list_pretrained():
+        pcfg = open_clip.get_pretrained_cfg(model, tag)
+        hub = pcfg.get("hf_hub", "")
+        if hub:
+            repo = hub.rstrip("/") if hub.endswith("/") else hub.rsplit("/", 1)[0]
+            by_repo.setdefault(repo, []).append(f"{model}/{tag}")
+        legacy = openai_clip_file(pcfg)
+        if legacy is not None:
+            by_openai.setdefault(legacy[0].name, []).append(f"{model}/{tag}")
+    return by_repo, by_openai
 
 
 def _spec(name: str, weights: str, cache_dir: Path | None, ClipSpec):

@@ -4,17 +4,24 @@
     spec.weights  pretrained tag ("openai"), a local file (.safetensors, .bin/.pth/.pt state dict,
                   OpenAI's TorchScript .pt) or "hf-hub:ORG/REPO" (config and weights from that repo)
 
-A tag or hf-hub repo is looked up in the shared HF hub cache first; only when it is missing and we
-are online do we download it (after a short reachability probe, so a machine without network fails
-in seconds, not after a minute of retries). Everything else raises WeightsUnavailable (exit 3).
+A tag or hf-hub repo is looked up in the shared HF hub cache first (and verified: header, size,
+checksum); then, for OpenAI's tags, in OpenAI's own ~/.cache/clip; only when missing and online do
+we download it (after one short HEAD per candidate file, so a machine without network or a failing
+hub fails in seconds, not after a minute of retries; a stalled transfer gives up after
+HF_HUB_DOWNLOAD_TIMEOUT). Everything else raises WeightsUnavailable (exit 3) or, for a full disk,
+ResourceError (exit 4).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
 import re
+import tempfile
+import time
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -23,7 +30,7 @@ from typing import Any
 
 from t2l.cache import hf_hub_cache_dir
 from t2l.clip.spec import DEFAULT_MODEL, ClipSpec
-from t2l.errors import InputError, UsageError, WeightsUnavailable
+from t2l.errors import InputError, ResourceError, UsageError, WeightsUnavailable
 
 log = logging.getLogger("t2l.clip")
 
@@ -31,7 +38,9 @@ HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # pr
 HUB_CONFIG = "open_clip_config.json"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-PROBE_TIMEOUT_S = 4.0  # reachability probe before any download
+PROBE_TIMEOUT_S = 4.0  # the hub's first answer (one HEAD per candidate file) before any download
+STALL_TIMEOUT_S = 10.0  # a download with no byte for this long gives up (HF_HUB_DOWNLOAD_TIMEOUT)
+OPENAI_CLIP_DIR = "~/.cache/clip"  # where OpenAI's `clip` package (and the original Text2LIVE) keep weights
 _TORCHSCRIPT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -56,13 +65,18 @@ def is_offline(spec: ClipSpec) -> bool:
 
 
 def resolve_weights(
-    spec: ClipSpec, download_progress=None, offline: bool | None = None, offline_reason: str | None = None
+    spec: ClipSpec,
+    download_progress=None,
+    offline: bool | None = None,
+    offline_reason: str | None = None,
+    force: bool = False,
 ) -> ResolvedWeights:
     """Resolve `spec` to a model config and a weights file on disk, downloading only if allowed.
 
     download_progress: a tqdm-compatible class for hf_hub_download's progress bar (the CLI passes
     one drawing on stderr); None = huggingface_hub's default. offline: overrides is_offline(spec)
     (`t2l models path` looks in the cache only); offline_reason: why, for the error message.
+    force: download a tag's or repo's files again even when cached (replaces damaged files).
     """
     offline = is_offline(spec) if offline is None else offline
     why = offline_reason or "offline mode is on (--offline, T2L_OFFLINE or HF_HUB_OFFLINE)"
@@ -76,7 +90,9 @@ def resolve_weights(
 
     if weights.startswith("hf-hub:"):
         repo = weights[len("hf-hub:") :].strip("/")
-        cfg_path, _ = fetch_from_hub(repo, (HUB_CONFIG,), cache, offline and why, download_progress, spec)
+        cfg_path, _ = fetch_from_hub(
+            repo, (HUB_CONFIG,), cache, offline and why, download_progress, spec, force=force
+        )
         hub_cfg = _read_json(cfg_path)
         model_cfg = hub_cfg.get("model_cfg", hub_cfg)
         if isinstance(model_cfg, dict) and not model_cfg.get("quick_gelu") and _registry_quick_gelu(repo):
@@ -84,12 +100,14 @@ def resolve_weights(
             log.info("hf-hub:%s: quick_gelu=True, as the weights were trained", repo)
             model_cfg = {**model_cfg, "quick_gelu": True}
         pre = hub_cfg.get("preprocess_cfg", {})
-        path, filename = fetch_from_hub(repo, HUB_FILES, cache, offline and why, download_progress, spec)
+        path, source = fetch_from_hub(
+            repo, HUB_FILES, cache, offline and why, download_progress, spec, force=force
+        )
         return ResolvedWeights(
             model_name=weights,
             model_cfg=model_cfg,
             path=path,
-            source=f"hf-hub:{repo}@{filename}",
+            source=source,
             mean=tuple(pre.get("mean", OPENAI_MEAN)),
             std=tuple(pre.get("std", OPENAI_STD)),
         )
@@ -121,12 +139,21 @@ def resolve_weights(
         # The weights decide the activation: OpenAI's were trained with QuickGELU and degrade with GELU.
         log.info("%s/%s: quick_gelu=%s, as the weights were trained", name, weights, trained_quick)
         model_cfg = {**model_cfg, "quick_gelu": bool(trained_quick)}
-    path, filename = fetch_from_hub(repo, files, cache, offline and why, download_progress, spec)
+    path, source = fetch_from_hub(
+        repo,
+        files,
+        cache,
+        offline and why,
+        download_progress,
+        spec,
+        force=force,
+        local_alternative=lambda: _usable_openai_file(pcfg),  # ~/.cache/clip/ViT-B-32.pt of OpenAI's clip
+    )
     return ResolvedWeights(
         model_name=name,
         model_cfg=model_cfg,
         path=path,
-        source=f"hf-hub:{repo}@{filename}",
+        source=source,
         mean=tuple(pcfg.get("mean", OPENAI_MEAN)),
         std=tuple(pcfg.get("std", OPENAI_STD)),
         tokenizer_name=name,
@@ -218,6 +245,24 @@ def _registry_quick_gelu(repo: str) -> bool:
 # ---- the HF hub cache and downloads -------------------------------------------------------------
 
 
+class CorruptWeights(WeightsUnavailable):
+    """A weights file in the cache failed its size, header or checksum check (exit 3)."""
+
+
+class _Stalled(Exception):
+    """No byte arrived for the download timeout (raised from inside huggingface_hub's retry loop)."""
+
+
+def probe_timeout() -> float:
+    """Seconds to wait for the hub's first answer: HF_HUB_ETAG_TIMEOUT if set, else PROBE_TIMEOUT_S."""
+    return _env_seconds("HF_HUB_ETAG_TIMEOUT", PROBE_TIMEOUT_S)
+
+
+def stall_timeout() -> float:
+    """Seconds without a byte after which a download gives up: HF_HUB_DOWNLOAD_TIMEOUT, else 10."""
+    return _env_seconds("HF_HUB_DOWNLOAD_TIMEOUT", STALL_TIMEOUT_S)
+
+
 def find_cached(repo: str, files: tuple[str, ...], cache_dir: Path) -> tuple[Path, str] | None:
     """(path, file name) of the first of `files` in the HF cache for `repo`, or None. Never networks."""
     from huggingface_hub import try_to_load_from_cache
@@ -229,30 +274,85 @@ def find_cached(repo: str, files: tuple[str, ...], cache_dir: Path) -> tuple[Pat
     return None
 
 
-def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """A quick HEAD to the hub endpoint (proxies respected). False on any failure or after `timeout`.
+def verify_file(path: Path) -> str | None:
+    """None when `path` looks intact, else why not (a few words). Needs no network.
 
-    Runs in a daemon thread so that a hanging DNS lookup (which no socket timeout covers) cannot
-    hold us longer than `timeout` either.
+    A .safetensors file must hold exactly the bytes its header describes (catches truncation and a
+    damaged header); a file in the HF cache must hash to its blob's name (sha256 for LFS files such
+    as weights, git's blob sha1 for small files), which catches flipped bytes anywhere.
     """
-    import threading
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "the file is empty"
+        if path.suffix == ".safetensors":
+            why = _safetensors_problem(path, size)
+            if why:
+                return why
+        blob = Path(os.path.realpath(path)).name
+        if re.fullmatch(r"[0-9a-f]{64}", blob):
+            digest = _file_digest(path, hashlib.sha256())
+        elif re.fullmatch(r"[0-9a-f]{40}", blob):
+            digest = _file_digest(path, hashlib.sha1(f"blob {size}\0".encode()))
+        else:
+            return None  # not a content-addressed blob: nothing to compare with
+        if digest != blob:
+            return f"its checksum is {digest[:12]}..., not {blob[:12]}... as recorded when it was downloaded"
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
+    return None
 
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
 
-    ok = threading.Event()
+def _safetensors_problem(path: Path, size: int) -> str | None:
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if n <= 0 or 8 + n > size:
+            return f"it is cut short or its safetensors header is damaged ({size} bytes)"
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        expected = 8 + n + max((int(e) for e in ends), default=0)
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return "its safetensors header is damaged"
+    if expected != size:
+        return f"it is {size} bytes but its header describes {expected} bytes (cut short?)"
+    return None
 
-    def probe() -> None:
-        try:
-            get_session().head(constants.ENDPOINT, timeout=timeout)
-            ok.set()
-        except Exception as e:  # noqa: BLE001 - DNS, refused, timeout, TLS: all mean "no network"
-            log.debug("hub probe failed: %s", e)
 
-    t = threading.Thread(target=probe, name="t2l-hub-probe", daemon=True)
-    t.start()
-    t.join(timeout)
-    return ok.is_set()
+def _file_digest(path: Path, h) -> str:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def openai_clip_file(pcfg: dict[str, Any]) -> tuple[Path, str] | None:
+    """(~/.cache/clip/NAME.pt, its sha256) when the registry entry's URL is one of OpenAI's own
+    (.../clip/models/<sha256>/NAME.pt, where OpenAI's `clip` package keeps its downloads), else None."""
+    m = re.search(r"/([0-9a-f]{64})/([^/]+\.pt)$", pcfg.get("url") or "")
+    if not m:
+        return None
+    return Path(OPENAI_CLIP_DIR).expanduser() / m.group(2), m.group(1)
+
+
+def _usable_openai_file(pcfg: dict[str, Any]) -> Path | None:
+    """The OpenAI TorchScript file for this entry if present and its sha256 matches the URL's."""
+    hit = openai_clip_file(pcfg)
+    if hit is None or not hit[0].is_file():
+        return None
+    path, sha = hit
+    try:
+        ok = _file_digest(path, hashlib.sha256()) == sha
+    except OSError as e:
+        log.warning("ignoring %s: cannot read it (%s)", path, e.strerror or e)
+        return None
+    if not ok:
+        log.warning("ignoring %s: its sha256 is not the one in OpenAI's URL (damaged or another file)", path)
+        return None
+    log.info("using OpenAI's CLIP file %s (sha256 matches OpenAI's); nothing to download", path)
+    return path
 
 
 def fetch_from_hub(
@@ -262,58 +362,247 @@ def fetch_from_hub(
     offline: str | bool,
     download_progress,
     spec: ClipSpec,
+    force: bool = False,
+    local_alternative=None,
 ) -> tuple[Path, str]:
-    """The cached file, else a download of the first of `files` the repo has, else WeightsUnavailable.
+    """(path, source) of the cached file, else of a download of the first of `files` the repo has.
 
     offline: falsy to allow downloads, else the reason they are not allowed (for the message).
+    force: download again even if cached (replaces a damaged file). local_alternative: a function
+    returning a file to use instead of downloading (or None), tried after the cache.
+    A cached or downloaded file is verified first (verify_file): CorruptWeights if it fails.
     """
-    hit = find_cached(repo, files, cache_dir)
-    if hit is not None:
-        return hit
+    if not force:
+        hit = find_cached(repo, files, cache_dir)
+        if hit is not None:
+            path, filename = hit
+            why = verify_file(path)
+            if why:
+                raise _corrupt(path, why, spec)
+            return path, f"hf-hub:{repo}@{filename}"
+        alt = local_alternative() if local_alternative is not None else None
+        if alt is not None:
+            return alt, str(alt)
     looked_for = f"{repo} ({' or '.join(files)})"
     if offline:
         why = offline if isinstance(offline, str) else "offline mode is on"
         raise _unavailable(looked_for, cache_dir, why, spec)
-    if not hub_reachable():
-        raise _unavailable(looked_for, cache_dir, "the HF hub cannot be reached (no network?)", spec)
+    filename = _probe(repo, files, looked_for, cache_dir, spec)
+    _check_writable(cache_dir)
+    path = _download(repo, filename, cache_dir, download_progress, force, looked_for, spec)
+    why = verify_file(path)
+    if why:
+        raise _corrupt(path, why, spec)
+    return path, f"hf-hub:{repo}@{filename}"
 
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    last: Exception | None = None
+def _probe(repo: str, files: tuple[str, ...], looked_for: str, cache_dir: Path, spec: ClipSpec) -> str:
+    """The first of `files` the hub has, asked with one HEAD each (no retries, probe_timeout()).
+
+    A hub that answers 5xx, does not answer, or cannot be reached fails here, in seconds, rather
+    than in huggingface_hub's minute of retries.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+    )
+
+    timeout = probe_timeout()
     for filename in files:
+        url = hf_hub_url(repo, filename)
         try:
-            path = hf_hub_download(repo, filename, cache_dir=str(cache_dir), tqdm_class=download_progress)
-            return Path(path), filename
-        except EntryNotFoundError as e:  # try the next candidate (.bin after .safetensors)
-            last = e
+            _with_deadline(lambda url=url: get_hf_file_metadata(url, timeout=timeout), timeout)
+            return filename
+        except EntryNotFoundError:
+            continue  # the next candidate (.bin after .safetensors)
         except (RepositoryNotFoundError, GatedRepoError) as e:
             raise WeightsUnavailable(
                 f"HF hub repo {repo} is missing or gated ({type(e).__name__})",
                 "check the name, or pass --clip-weights /path/to/file.safetensors",
             ) from None
-        except Exception as e:  # noqa: BLE001 - network errors mid-download
-            raise _unavailable(
-                looked_for, cache_dir, f"the download failed ({type(e).__name__}: {_first_line(e)})", spec
-            ) from None
+        except HfHubHTTPError as e:
+            status = getattr(getattr(e, "response", None), "status_code", None) or "an error"
+            why = f"the HF hub {constants.ENDPOINT} answered HTTP {status} ({_first_line(e)})"
+            raise _unavailable(looked_for, cache_dir, why, spec) from None
+        except TimeoutError:
+            why = f"the HF hub {constants.ENDPOINT} did not answer within {timeout:g} s"
+            raise _unavailable(looked_for, cache_dir, why, spec) from None
+        except Exception as e:  # noqa: BLE001 - DNS, refused, TLS, proxy: all mean "no network"
+            log.debug("hub probe failed: %s", e)
+            why = "the HF hub cannot be reached (no network?)"
+            raise _unavailable(looked_for, cache_dir, why, spec) from None
     raise WeightsUnavailable(
-        f"HF hub repo {repo} has none of {', '.join(files)} ({_first_line(last) if last else 'not found'})",
-        "pass --clip-weights /path/to/file.safetensors",
+        f"HF hub repo {repo} has none of {', '.join(files)}", "pass --clip-weights /path/to/file.safetensors"
+    )
+
+
+def _with_deadline(fn, timeout: float):
+    """fn() in a daemon thread; TimeoutError after `timeout` s (a hanging DNS lookup, which no socket
+    timeout covers, cannot hold us longer either). Its exceptions are re-raised here."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="t2l-hub-probe", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise TimeoutError(f"no answer within {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _check_writable(cache_dir: Path) -> None:
+    """Fail before downloading when the cache folder cannot be written (read-only, no permission)."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".t2l-write-test-", dir=cache_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(cache_dir, "") from None
+        raise _not_writable(cache_dir, e) from None
+
+
+def _download(
+    repo, filename, cache_dir: Path, progress, force: bool, looked_for: str, spec: ClipSpec
+) -> Path:
+    """hf_hub_download with a bounded stall: gives up once no byte has arrived for stall_timeout().
+
+    huggingface_hub resumes a broken transfer itself (up to 5 times, 1 s apart, with a Range
+    request) and logs a warning each time; a logging filter turns that warning into one t2l line,
+    or into a stop when the transfer has been idle for the whole timeout. A failed download leaves
+    nothing behind (huggingface_hub writes to a per-process temporary file and deletes it).
+    """
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    stall_s = stall_timeout()
+    guard = _StallGuard(stall_s, filename)
+    hf_log = logging.getLogger("huggingface_hub.file_download")
+    saved = constants.HF_HUB_DOWNLOAD_TIMEOUT, hf_log.level
+    constants.HF_HUB_DOWNLOAD_TIMEOUT = stall_s
+    if hf_log.getEffectiveLevel() > logging.WARNING:
+        hf_log.setLevel(logging.WARNING)  # the filter only sees records the logger lets through
+    hf_log.addFilter(guard)
+    try:
+        path = huggingface_hub.hf_hub_download(
+            repo,
+            filename,
+            cache_dir=str(cache_dir),
+            tqdm_class=guard.progress_class(progress),
+            force_download=force,
+            etag_timeout=probe_timeout(),
+        )
+        return Path(path)
+    except _Stalled:
+        why = f"the download stalled (no data for {stall_s:g} s, HF_HUB_DOWNLOAD_TIMEOUT)"
+        raise _unavailable(looked_for, cache_dir, why, spec) from None
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None) or "an error"
+        why = f"the HF hub answered HTTP {status} during the download ({_first_line(e)})"
+        raise _unavailable(looked_for, cache_dir, why, spec) from None
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(cache_dir, filename) from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise _not_writable(cache_dir, e) from None
+        why = f"the download failed ({_first_line(e)})"
+        raise _unavailable(looked_for, cache_dir, why, spec) from None
+    except Exception as e:  # noqa: BLE001 - connection lost for good, timeouts after the retries
+        why = f"the download broke off ({type(e).__name__}: {_first_line(e)})"
+        raise _unavailable(looked_for, cache_dir, why, spec) from None
+    finally:
+        hf_log.removeFilter(guard)
+        constants.HF_HUB_DOWNLOAD_TIMEOUT, _ = saved
+        hf_log.setLevel(saved[1])
+
+
+class _StallGuard(logging.Filter):
+    """Watches one download: when the last byte arrived, and huggingface_hub's resume warnings."""
+
+    def __init__(self, stall_s: float, filename: str):
+        super().__init__()
+        self.stall_s = stall_s
+        self.filename = filename
+        self.last_byte = time.monotonic()
+
+    def progress_class(self, base):
+        """`base` (or huggingface_hub's tqdm) that also records when bytes arrive."""
+        if base is None:
+            from huggingface_hub.utils import tqdm as base
+        guard = self
+
+        class Tracked(base):
+            def update(self, n=1):
+                if n and n > 0:
+                    guard.last_byte = time.monotonic()
+                return super().update(n)
+
+        return Tracked
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if not msg.startswith("Error while downloading from"):
+            return True
+        if "Trying to resume" not in msg:
+            return False  # "Max retries exceeded": the error itself follows
+        idle = time.monotonic() - self.last_byte
+        if idle >= 0.9 * self.stall_s:
+            raise _Stalled(f"no data for {idle:.1f} s")
+        reason = msg.split(": ", 1)[-1].splitlines()[0]
+        log.warning("the download of %s broke off (%s); resuming", self.filename, reason)
+        return False
+
+
+def _download_cmd(spec: ClipSpec) -> str:
+    if spec.weights.startswith("hf-hub:"):
+        return f"t2l models download {spec.weights}"
+    return f"t2l models download {spec.model}" + (
+        f" --weights {spec.weights}" if spec.weights != "openai" else ""
     )
 
 
 def _unavailable(looked_for: str, cache_dir: Path, why: str, spec: ClipSpec) -> WeightsUnavailable:
-    if spec.weights.startswith("hf-hub:"):
-        cmd = f"t2l models download {spec.weights}"
-    else:
-        cmd = f"t2l models download {spec.model}" + (
-            f" --weights {spec.weights}" if spec.weights != "openai" else ""
-        )
     return WeightsUnavailable(
         f"CLIP weights {spec.model}/{spec.weights} not found: looked for {looked_for} in the HF cache {cache_dir} "
         f"and {why}",
-        f"run `{cmd}` on a machine with network (same HF cache), or pass --clip-weights /path/to/file.safetensors",
+        f"run `{_download_cmd(spec)}` on a machine with network (same HF cache), or pass --clip-weights /path/to/file.safetensors",
+    )
+
+
+def _corrupt(path: Path, why: str, spec: ClipSpec) -> CorruptWeights:
+    return CorruptWeights(
+        f"the cached CLIP weights {path} are damaged: {why}",
+        f"run `{_download_cmd(spec)} --force` to download them again, or pass --clip-weights /path/to/file.safetensors",
+    )
+
+
+def _not_writable(cache_dir: Path, e: OSError) -> WeightsUnavailable:
+    where = f": {e.filename}" if e.filename and str(e.filename) != str(cache_dir) else ""
+    return WeightsUnavailable(
+        f"cannot write to the HF cache {cache_dir} ({e.strerror or e}{where})",
+        "set HF_HOME (or HF_HUB_CACHE) to a writable folder, or pass --clip-weights /path/to/file.safetensors",
+    )
+
+
+def _disk_full(cache_dir: Path, filename: str) -> ResourceError:
+    what = f" while downloading {filename}" if filename else ""
+    return ResourceError(
+        f"no space left on the disk of the HF cache {cache_dir}{what} (the partial file was removed)",
+        "free some space, set HF_HOME to a folder on another disk, or pass --clip-weights /path/to/file.safetensors",
     )
 
 
@@ -322,6 +611,14 @@ def _set_hub_offline(offline: bool) -> None:
     from huggingface_hub import constants
 
     constants.HF_HUB_OFFLINE = offline
+
+
+def _env_seconds(var: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(var, ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
 # ---- loading -------------------------------------------------------------------------------------
