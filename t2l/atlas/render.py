@@ -185,7 +185,15 @@ def source_frames(data: AtlasData) -> Iterator[np.ndarray]:
 
 # ---- files in, files out (what `t2l render DIR` runs) ---------------------------------------------
 
-VIDEO_OUTPUTS = ("mp4", "prores", "webm")  # mp4: composited video; prores/webm: the RGBA edit layer
+VIDEO_OUTPUTS = ("mp4", "prores", "webm", "greenscreen")  # mp4: composited video; prores/webm: the RGBA
+# edit layer; greenscreen: the edit layer over the green-screen colour (H.264 preview)
+_GREEN_255 = np.array((0, 177, 64), np.float32)  # t2l.losses.GREEN in 8-bit
+
+
+def over_green(layer: np.ndarray) -> np.ndarray:
+    """RGBA uint8 [H, W, 4] (straight alpha) over the green-screen colour -> RGB uint8 [H, W, 3]."""
+    a = layer[..., 3:].astype(np.float32) / 255
+    return np.round(layer[..., :3] * a + _GREEN_255 * (1 - a)).astype(np.uint8)
 
 
 def load_edit(path: str | Path, layer: AtlasLayer) -> np.ndarray:
@@ -204,6 +212,9 @@ def load_edit(path: str | Path, layer: AtlasLayer) -> np.ndarray:
     return check_edit(layer, arr, source=str(path))
 
 
+_CODEC = {"greenscreen": "mp4"}  # output format -> VideoWriter format, where they differ
+
+
 def render_to_files(
     data: AtlasData,
     edits: dict[str, np.ndarray],
@@ -216,8 +227,8 @@ def render_to_files(
 
     Args:
         outputs: format -> path. "mp4" gets the composited video; "prores" (.mov) and "webm" get the
-            RGBA edit layer (straight alpha) for compositing software; "png" is a folder of RGBA
-            edit-layer frames.
+            RGBA edit layer (straight alpha) for compositing software; "greenscreen" (.mp4) the edit
+            layer over the green-screen colour; "png" is a folder of RGBA edit-layer frames.
         resolution: "working" (the atlas frames) or "source" (decode the source video again; uv and
             alpha are upsampled bilinearly).
         frames_dir: if given, also write the composited frames there as PNG.
@@ -230,21 +241,23 @@ def render_to_files(
     if resolution not in ("working", "source"):
         raise UsageError(f"unknown resolution {resolution!r}", "use working or source")
     for fmt in outputs:
-        require_encoder(fmt)
+        require_encoder(_CODEC.get(fmt, fmt))
     frames = data.frames if resolution == "working" else source_frames(data)
     if resolution == "working" and len(data.frames) == 0:
         raise UsageError("the atlas was loaded without frames", "load it with with_frames=True")
     fps = working_fps(data.info)
     with contextlib.ExitStack() as stack:
         writers = {
-            fmt: stack.enter_context(VideoWriter(path, fps, fmt, crf if fmt == "mp4" else None))
+            fmt: stack.enter_context(
+                VideoWriter(path, fps, _CODEC.get(fmt, fmt), crf if fmt in _CODEC or fmt == "mp4" else None)
+            )
             for fmt, path in outputs.items()
             if fmt in VIDEO_OUTPUTS
         }
         t = -1
         for t, (out, layer) in enumerate(iter_render(data, edits, frames)):
             for fmt, w in writers.items():
-                w.write(out if fmt == "mp4" else layer)
+                w.write(out if fmt == "mp4" else over_green(layer) if fmt == "greenscreen" else layer)
             if "png" in outputs:
                 save_png_frame(outputs["png"], t, layer)
             if frames_dir is not None:
