@@ -34,11 +34,18 @@ def _ok(result):
     assert "Traceback" not in result.stderr
 
 
-def test_atlas_folder_contents(clip_dir, tmp_path):
-    frames, _, clip = clip_dir
-    out = tmp_path / "atlas"
-    r = runner.invoke(app, ["atlas", str(frames), "-o", str(out), "--json", *FAST])
+@pytest.fixture(scope="module")
+def fitted(clip_dir, tmp_path_factory):
+    """One uninterrupted FAST fit of the clip: (folder, CliRunner result)."""
+    out = tmp_path_factory.mktemp("fitted") / "atlas"
+    r = runner.invoke(app, ["atlas", str(clip_dir[0]), "-o", str(out), "--json", *FAST])
     _ok(r)
+    return out, r
+
+
+def test_atlas_folder_contents(clip_dir, fitted):
+    frames, _, clip = clip_dir
+    out, r = fitted
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["layers"] == ["bg", "fg"] and summary["frames"] == 6 and summary["masks"] == "automatic"
     assert summary["psnr_mean"] > 28
@@ -109,7 +116,7 @@ def test_errors(clip_dir, tmp_path):
     assert r.exit_code == 2 and "nothing to resume" in r.stderr
 
 
-def test_interrupt_then_resume(clip_dir, tmp_path, monkeypatch):
+def test_interrupt_then_resume(clip_dir, fitted, tmp_path, monkeypatch):
     frames, _, _ = clip_dir
     out = tmp_path / "a"
     from t2l.atlas import fit
@@ -133,12 +140,27 @@ def test_interrupt_then_resume(clip_dir, tmp_path, monkeypatch):
     assert "resuming at step 5/12" in r.stderr
     index = json.loads((out / "atlas.json").read_text())
     assert index["meta"]["run"]["steps"] == 12 and index["meta"]["run"]["size"] == 96
+    # interrupt + resume == the uninterrupted fit, bit for bit
+    whole = fitted[0]
+    for rel in ("layers/bg/uv.npy", "layers/fg/uv.npy", "alpha.npy"):
+        np.testing.assert_array_equal(np.load(out / rel), np.load(whole / rel), err_msg=rel)
+    for rel in ("layers/bg/atlas.png", "layers/fg/atlas.png"):
+        np.testing.assert_array_equal(np.asarray(Image.open(out / rel)), np.asarray(Image.open(whole / rel)))
+    # --steps is the total: below the steps done is a one-line usage error, nothing touched
+    r = runner.invoke(app, ["atlas", str(frames), "-o", str(out), "--resume", "--steps", "4"])
+    assert r.exit_code == 2 and "--steps 4 is below the 12 steps already done" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    # the total, not more on top: --steps 14 on a 12-step atlas fits 2 more
+    r = runner.invoke(app, ["atlas", str(frames), "-o", str(out), "--resume", "--steps", "14"])
+    _ok(r)
+    assert "resuming at step 12/14" in r.stderr
+    assert json.loads((out / "atlas.json").read_text())["meta"]["run"]["steps"] == 14
     # Resuming on another clip is refused with the reason.
     other = tmp_path / "other"
     other.mkdir()
     for i in range(4):
         Image.open(frames / f"frame{i}.png").save(other / f"{i}.png")
-    r = runner.invoke(app, ["atlas", str(other), "-o", str(out), "--resume"])
+    r = runner.invoke(app, ["atlas", str(other), "-o", str(out), "--resume", "--steps", "20"])
     assert r.exit_code == 1 and "fitted on 6 frames" in r.stderr
 
 

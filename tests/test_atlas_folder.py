@@ -9,6 +9,7 @@ import pytest
 from test_render import H, T, W, translating_square_atlas
 
 from t2l.atlas.folder import FORMAT_VERSION, load_atlas, save_atlas
+from t2l.atlas.previews import write_previews
 from t2l.errors import InputError
 from t2l.video_read import read_video
 
@@ -28,6 +29,7 @@ def saved(tmp_path):
     data.model_state = {"state": {"w": torch.arange(6.0)}, "config": {"steps": 10}}
     folder = tmp_path / "clip.atlas"
     save_atlas(folder, data)
+    assert write_previews(folder, data) == []
     return folder, data
 
 
@@ -156,6 +158,47 @@ def test_stride_divides_the_rate_of_every_written_video(tmp_path):
     data = translating_square_atlas()
     data.info = replace(data.info, fps=Fraction(30), frame_indices=tuple(range(1, 1 + 3 * T, 3)))
     save_atlas(tmp_path / "a", data)
+    write_previews(tmp_path / "a", data)
     assert json.loads((tmp_path / "a" / "atlas.json").read_text())["fps"] == "10/1"
     for name in ("reconstruction.mp4", "checkerboard.mp4"):
         assert read_video(tmp_path / "a" / name)[1].fps == 10
+
+
+def test_a_failing_encoder_costs_the_previews_not_the_atlas(tmp_path, monkeypatch):
+    """save_atlas writes data only; previews come after, and their failure is a note, not a lost folder."""
+    from t2l.atlas import previews
+    from t2l.errors import InputError
+
+    data = translating_square_atlas()
+    folder = tmp_path / "a"
+    (folder).mkdir()
+    (folder / "checkerboard.mp4").write_bytes(b"stale preview of an earlier fit")
+    save_atlas(folder, data)
+    assert not (folder / "reconstruction.mp4").exists() and not (folder / "checkerboard.mp4").exists()
+    index = json.loads((folder / "atlas.json").read_text())
+    assert "checkerboard" not in index["files"] and "reconstruction_mp4" not in index["files"]
+
+    def broken(path, frames, fps, *a, **k):
+        raise InputError("no H.264 encoder in this PyAV build")
+
+    monkeypatch.setattr(previews, "write_mp4", broken)
+    notes = write_previews(folder, data)
+    assert len(notes) == 2 and all("H.264" in n and "atlas itself is complete" in n for n in notes)
+    back = load_atlas(folder)  # still a complete, loadable atlas
+    np.testing.assert_array_equal(back.layers[1].uv, data.layers[1].uv)
+    monkeypatch.undo()
+    assert write_previews(folder, data) == []
+    files = json.loads((folder / "atlas.json").read_text())["files"]
+    assert files["checkerboard"] == "checkerboard.mp4" and files["reconstruction_mp4"] == "reconstruction.mp4"
+
+
+def test_the_folder_module_imports_neither_the_renderer_nor_an_encoder():
+    """folder.py is the format; rendering and previews build on it (no cycle, even inside functions)."""
+    import ast
+
+    import t2l.atlas.folder as folder
+
+    tree = ast.parse(open(folder.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not imported & {"t2l.atlas.render", "t2l.atlas.previews", "t2l.video_write"}

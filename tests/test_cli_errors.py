@@ -163,9 +163,12 @@ def test_atlas_unfinished_fit_needs_resume_or_overwrite(files, tmp_path):
 
 
 def test_atlas_resume_of_finished_atlas_needs_more_steps(files, atlas_dir):
-    r = invoke(["atlas", files / "clip.mp4", "-o", atlas_dir, "--resume", "--steps", "2"])
+    r = invoke(["atlas", files / "clip.mp4", "-o", atlas_dir, "--resume"])  # the saved total: nothing to do
     assert r.exit_code == 2
     assert "already fitted (3 steps)" in one_error_line(r)
+    r = invoke(["atlas", files / "clip.mp4", "-o", atlas_dir, "--resume", "--steps", "2"])  # below the total
+    assert r.exit_code == 2
+    assert "--steps 2 is below the 3 steps already done" in one_error_line(r)
     assert (atlas_dir / "atlas.json").is_file()
 
 
@@ -251,9 +254,12 @@ def test_atlas_ctrl_c_checkpoints_and_resumes(files, tmp_path):
     assert p.returncode == 130, "".join(seen) + err
     assert "Traceback" not in err
     assert (out / "model.pt").is_file() and not (out / "atlas.json").exists()
-    r = invoke(["atlas", files / "clip.mp4", "-o", out, "--resume", "--steps", "1"])
+    from t2l.atlas.folder import load_model_state
+
+    done = load_model_state(out / "model.pt")["step"]  # --steps is the total: one step more than saved
+    r = invoke(["atlas", files / "clip.mp4", "-o", out, "--resume", "--steps", str(done + 1)])
     assert r.exit_code == 0, r.stderr
-    assert "resuming at step" in r.stderr
+    assert f"resuming at step {done}/{done + 1}" in r.stderr
     assert (out / "atlas.json").is_file()
 
 

@@ -14,8 +14,9 @@ Layout (format_version 1):
     flow.npz                   forward/backward flow float16 px and validity masks
     model.pt                   fitted model state (to resume or refine)
     metrics.json               per-frame and mean reconstruction PSNR
-    reconstruction/00000.png   the model's reconstruction (exact), and reconstruction.mp4 to watch it
-    checkerboard.mp4           a grid painted on each atlas, rendered through the mapping
+    reconstruction/00000.png   the model's reconstruction (exact)
+    reconstruction.mp4, checkerboard.mp4   previews to watch, written by the producer AFTER save_atlas
+                               (t2l/atlas/previews.py) and listed in atlas.json once written
 """
 
 from __future__ import annotations
@@ -84,8 +85,6 @@ def save_atlas(folder: str | Path, data: AtlasData) -> None:
     _validate(data, where="AtlasData")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "atlas.json").unlink(missing_ok=True)  # the folder is invalid until we finish
-    from t2l.video_write import write_mp4
-
     t, h, w = data.frames.shape[:3]
     files: dict[str, str] = {}
     _write_numbered(folder / "frames", data.frames, t)
@@ -140,15 +139,10 @@ def save_atlas(folder: str | Path, data: AtlasData) -> None:
     files["metrics"] = "metrics.json"
 
     fps = working_fps(data.info)
-    _write_numbered(folder / "reconstruction", data.reconstruction, t)  # exact copy; the mp4 is for viewing
-    write_mp4(folder / "reconstruction.mp4", data.reconstruction, fps)
-    files.update(reconstruction="reconstruction/", reconstruction_mp4="reconstruction.mp4")
-
-    from t2l.atlas.render import checkerboard_edit, iter_render
-
-    grid = {lay.name: checkerboard_edit(lay) for lay in data.layers}
-    write_mp4(folder / "checkerboard.mp4", (out for out, _ in iter_render(data, grid, data.frames)), fps)
-    files["checkerboard"] = "checkerboard.mp4"
+    _write_numbered(folder / "reconstruction", data.reconstruction, t)  # exact copy
+    files["reconstruction"] = "reconstruction/"
+    # previews (reconstruction.mp4, checkerboard.mp4) are the producer's, after this: t2l/atlas/previews.py
+    _remove(folder / "reconstruction.mp4", folder / "checkerboard.mp4")  # stale ones would show another fit
 
     index = {
         "format_version": FORMAT_VERSION,

@@ -1,0 +1,397 @@
+"""One atlas fit, end to end: decode, flow, masks, initialise, optimise, write the folder, previews.
+
+    cfg, note = resolve_config("auto", device_type="cpu", size=None, steps=None, ...)
+    run = AtlasRun.prepare(video, out_dir, cfg, device, resume=False)
+    for event in run.events():   # Phase, Note, FitEvent (t2l/atlas/fit.py); Ctrl-C -> model.pt + Interrupted
+        ...
+    run.summary                  # after the last event: the folder is complete (atlas.json written)
+
+The core never prints: notes (a clip cut short, a fallback to one layer, a preview that could not be
+encoded) come as Note events and the CLI decides how to show them. Errors name values and limits
+(`steps 2 is below ...`); a UsageError about one config field carries it in `.option` so the CLI can
+name its flag instead.
+
+Steps: `steps` is always the TOTAL number of optimisation steps the fit reaches. None: the preset's
+budget for the clip (a new fit) or the checkpoint's total (resume). On resume a total below the steps
+already done is a UsageError. model.pt is saved every `checkpoint_every_s` seconds and on Ctrl-C;
+resuming it gives the same atlas as an uninterrupted fit (the fitter restores its frame sampler).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from t2l import __version__
+from t2l.atlas.fit import AtlasFitter, FitConfig, FitEvent
+from t2l.atlas.flow import FlowConfig, compute_flows
+from t2l.atlas.folder import AtlasData, AtlasLayer, load_model_state, save_atlas
+from t2l.atlas.masks import motion_masks, read_masks
+from t2l.atlas.previews import write_previews
+from t2l.errors import InputError, Interrupted, UsageError
+from t2l.files import torch_save_atomic
+from t2l.video_read import read_video
+
+MIN_FRAMES = 3
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+@dataclass(frozen=True)
+class AtlasPreset:
+    size: int  # working long side, px
+    pairs: int  # consecutive frame pairs per step
+    grid: tuple[int, int]  # per-frame displacement grid (rows, cols)
+    min_steps: int  # step budget: max(min_steps, steps_per_frame * T)
+    steps_per_frame: int
+    flow: str = "medium"  # DIS preset
+
+    def steps(self, frames: int) -> int:
+        return max(self.min_steps, self.steps_per_frame * frames)
+
+
+PRESETS = {
+    "draft": AtlasPreset(size=432, pairs=2, grid=(6, 10), min_steps=300, steps_per_frame=12),
+    "quality": AtlasPreset(size=768, pairs=4, grid=(8, 14), min_steps=1500, steps_per_frame=40),
+}
+PRESET_NAMES = ("auto", *PRESETS)
+
+
+@dataclass(frozen=True)
+class AtlasConfig:
+    preset: str = "draft"  # the preset pairs/grid/flow (and default size, steps) came from
+    start: int = 0  # first source frame
+    max_frames: int = 120  # frames used at most (all are held in memory at working size)
+    stride: int = 1  # every N-th source frame
+    size: int = 432  # working long side, px
+    layers: int = 2  # 1 = background only, 2 = foreground + background
+    masks: str | None = None  # folder of given foreground masks; None = automatic (two layers)
+    steps: int | None = None  # TOTAL steps the fit reaches; None = preset budget / checkpoint's total
+    seed: int = 0  # frame order of the optimisation
+    checkpoint_every_s: float = 120.0  # model.pt cadence during the fit
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AtlasConfig:
+        """Also reads the `run` dict of older model.pt files (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def fit_config(self, frames: int) -> FitConfig:
+        p = PRESETS[self.preset]
+        steps = self.steps if self.steps is not None else p.steps(frames)
+        return FitConfig(steps=steps, pairs=p.pairs, grid=p.grid, seed=self.seed)
+
+
+def option_error(option: str, problem: str, fix: str) -> UsageError:
+    """A UsageError about config field `option`; the message starts with the option's name."""
+    e = UsageError(f"{option} {problem}", fix)
+    e.option = option
+    return e
+
+
+def resolve_config(
+    preset: str = "auto",
+    device_type: str = "cpu",
+    *,
+    start: int = 0,
+    max_frames: int = 120,
+    stride: int = 1,
+    size: int | None = None,
+    layers: int = 2,
+    masks: str | Path | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+) -> tuple[AtlasConfig, str | None]:
+    """Validate values and build an AtlasConfig; `auto` picks quality on CUDA, else draft.
+
+    Returns (config, note about what `auto` chose, or None). A seed is drawn when None.
+    """
+    if preset not in PRESET_NAMES:
+        raise option_error("preset", f"{preset!r} is unknown", f"use one of {', '.join(PRESET_NAMES)}")
+    if layers not in (1, 2):
+        raise option_error(
+            "layers", f"{layers} is not supported", "use 1 (background) or 2 (foreground + background)"
+        )
+    if steps is not None and steps < 0:
+        raise option_error("steps", f"{steps} must be >= 0", "ask for a positive total number of steps")
+    if size is not None and size < 32:
+        raise option_error("size", f"{size} is too small", "use at least 32 px (432 is the CPU default)")
+    if start < 0:
+        raise option_error("start", f"{start} must be >= 0", "frames are counted from 0")
+    if stride < 1:
+        raise option_error("stride", f"{stride} must be >= 1", "use 1 for every frame, 2 for every other one")
+    if max_frames < MIN_FRAMES:
+        raise option_error("max_frames", f"{max_frames} is too few", f"use at least {MIN_FRAMES}")
+    if masks is not None and layers == 1:
+        raise UsageError("given masks need two layers", "drop the masks or fit 2 layers")
+    note = None
+    if preset == "auto":
+        preset = "quality" if device_type == "cuda" else "draft"
+        note = f"preset {preset} (auto: {'GPU' if device_type == 'cuda' else 'no GPU'})"
+    cfg = AtlasConfig(
+        preset=preset, start=start, max_frames=max_frames, stride=stride, size=size or PRESETS[preset].size,
+        layers=layers, masks=str(masks) if masks is not None else None, steps=steps,
+        seed=seed if seed is not None else secrets.randbelow(2**31),
+    )  # fmt: skip
+    return cfg, note
+
+
+def folder_state(out_dir: Path) -> str:
+    """'done' (atlas.json), 'partial' (model.pt without atlas.json: an unfinished fit) or 'empty'."""
+    if (out_dir / "atlas.json").exists():
+        return "done"
+    return "partial" if (out_dir / "model.pt").is_file() else "empty"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stage of the run starts: decode, flow, masks, init, fit, export, write, previews."""
+
+    name: str
+    seconds_so_far: float  # since the run started
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something the user should hear about (the run goes on)."""
+
+    text: str
+
+
+Event = Phase | Note | FitEvent
+
+
+class AtlasRun:
+    """One fit into `out_dir`. Build with prepare(); iterate events(); read summary."""
+
+    def __init__(
+        self, video: Path, out_dir: Path, cfg: AtlasConfig, device: torch.device, state: dict | None
+    ):
+        self.video, self.out_dir, self.cfg, self.device, self.state = video, out_dir, cfg, device, state
+        self.summary: dict | None = None
+        self.mask_source: str | None = None
+        self.timings: dict[str, float] = {}
+        self.fitter: AtlasFitter | None = None
+
+    @classmethod
+    def prepare(cls, video: str | Path, out_dir: str | Path, cfg: AtlasConfig, device: str | torch.device = "auto",
+                resume: bool = False) -> AtlasRun:  # fmt: skip
+        """Check the input; with `resume`, read out_dir/model.pt and adopt its config. Only cfg.steps is
+        taken from `cfg` then (None: the checkpoint's total)."""
+        from t2l.device import resolve_device
+
+        video, out_dir = Path(video), Path(out_dir)
+        if not video.exists():
+            raise InputError(f"video not found: {video}", "check the path")
+        if video.is_file() and video.suffix.lower() in IMAGE_SUFFIXES:
+            raise InputError(
+                f"{video} is a still image, not a video",
+                "pass a video or a folder of frames (use `t2l image` to edit a photo)",
+            )
+        state = None
+        if resume:
+            state, cfg = _resume_state(out_dir, cfg)
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        return cls(video, out_dir, cfg, dev, state)
+
+    # ---- the run ---------------------------------------------------------------------------------
+
+    def _checkpoint(self, packed) -> None:
+        torch_save_atomic(
+            {**self.fitter.state_dict(), "run": self.cfg.to_dict(), "mask_source": self.mask_source,
+             "masks": packed},
+            self.out_dir / "model.pt",
+        )  # fmt: skip
+
+    def events(self) -> Iterator[Event]:
+        cfg, state, out, t_run = self.cfg, self.state, self.out_dir, time.perf_counter()
+
+        def phase(name: str) -> Phase:
+            return Phase(name, time.perf_counter() - t_run)
+
+        if state is not None:
+            yield Note(
+                f"resuming at step {state['step']}/{cfg.steps} (frame selection, size and preset of the saved run)"
+            )
+        yield phase("decode")
+        t0 = time.perf_counter()
+        # One frame more than asked tells whether the clip was cut short, so the user hears about it.
+        frames, vinfo = read_video(self.video, cfg.start, cfg.max_frames + 1, cfg.stride, long_side=cfg.size)
+        if len(frames) > cfg.max_frames:
+            n = cfg.max_frames
+            frames = frames[:n]
+            vinfo = dataclasses.replace(
+                vinfo, timestamps=vinfo.timestamps[:n], frame_indices=vinfo.frame_indices[:n]
+            )
+            yield Note(
+                f"{self.video} has more frames: fitting {n} (raise the frame limit, or pick a start/stride)"
+            )
+        T, H, W = frames.shape[:3]
+        if T < MIN_FRAMES:
+            raise InputError(
+                f"{self.video} gives only {T} frame(s) from frame {cfg.start}",
+                f"an atlas needs at least {MIN_FRAMES} frames",
+            )
+        if state is not None:
+            saved = state["model_config"]
+            if (saved["frames"], saved["height"], saved["width"]) != (T, H, W):
+                raise InputError(
+                    f"{out / 'model.pt'} was fitted on {saved['frames']} frames of {saved['width']}x{saved['height']}, "
+                    f"but {self.video} gives {T} frames of {W}x{H}",
+                    f"resume with the same video, or {_restart(out)}",
+                )
+        fit_cfg = cfg.fit_config(T)
+        cfg = self.cfg = dataclasses.replace(cfg, steps=fit_cfg.steps)
+        torch.manual_seed(cfg.seed)
+        self.timings["read_s"] = time.perf_counter() - t0
+
+        yield phase("flow")
+        t0 = time.perf_counter()
+        flows = compute_flows(frames, FlowConfig(preset=PRESETS[cfg.preset].flow))
+        self.timings["flow_s"] = time.perf_counter() - t0
+
+        yield phase("masks")
+        t0 = time.perf_counter()
+        fg_masks = None
+        if state is not None:
+            if state.get("masks") is not None:
+                fg_masks = np.unpackbits(state["masks"], count=T * H * W).reshape(T, H, W).astype(bool)
+                self.mask_source = state.get("mask_source") or state["run"].get("mask_source")
+        elif cfg.layers == 2:
+            if cfg.masks:
+                indices = list(vinfo.frame_indices) or [cfg.start + i * cfg.stride for i in range(T)]
+                fg_masks, self.mask_source = read_masks(cfg.masks, indices, (H, W)), "given"
+                if not fg_masks.any():
+                    yield Note(f"the masks in {cfg.masks} are all empty: fitting one background layer")
+                    fg_masks = None
+            else:
+                fg_masks, _ = motion_masks(flows, frames=frames)
+                self.mask_source = "automatic"
+                if fg_masks.mean() < 1e-3:
+                    yield Note(
+                        "no moving object found: fitting one background layer (give masks for a static object)"
+                    )
+                    fg_masks = None
+            if fg_masks is None:
+                self.mask_source = None
+                cfg = self.cfg = dataclasses.replace(cfg, layers=1)
+        self.timings["masks_s"] = time.perf_counter() - t0
+
+        yield phase("init")
+        t0 = time.perf_counter()
+        self.fitter = fitter = AtlasFitter(frames, fg_masks, flows, fit_cfg, device=self.device, state=state)
+        self.timings["init_s"] = time.perf_counter() - t0
+        packed = np.packbits(fg_masks) if fg_masks is not None else None
+        yield Note(
+            f"{T} frames {W}x{H}, {cfg.layers} layer(s), masks: {self.mask_source or 'none'}, "
+            f"{cfg.steps} steps on {self.device.type}"
+        )
+
+        (out / "atlas.json").unlink(missing_ok=True)  # from here on the folder holds an unfinished fit
+        yield phase("fit")
+        t0 = last_save = time.perf_counter()
+        try:
+            for ev in fitter.run():
+                yield ev
+                if time.perf_counter() - last_save > cfg.checkpoint_every_s:
+                    self._checkpoint(packed)
+                    last_save = time.perf_counter()
+        except KeyboardInterrupt:
+            self._checkpoint(packed)
+            raise Interrupted(
+                f"interrupted at step {fitter.step}/{cfg.steps}; the fit state is saved in {out / 'model.pt'}",
+                "resume the fit to continue",
+            ) from None
+        self.timings["fit_s"] = time.perf_counter() - t0
+
+        yield phase("export")
+        t0 = time.perf_counter()
+        res = fitter.export()
+        self.timings["export_s"] = time.perf_counter() - t0
+        model_state = {
+            **fitter.state_dict(),
+            "run": cfg.to_dict(),
+            "mask_source": self.mask_source,
+            "masks": packed,
+        }
+        data = AtlasData(
+            frames=frames,
+            info=vinfo,
+            layers=[
+                AtlasLayer(lay["name"], lay["uv"], lay["texture"], lay["uv_to_px"]) for lay in res.layers
+            ],
+            alpha=res.alpha,
+            reconstruction=res.reconstruction,
+            psnr=res.psnr,
+            masks=fg_masks,
+            flow={k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in flows.items()},
+            model_state=model_state,
+            meta={
+                "run": {**cfg.to_dict(), "mask_source": self.mask_source},
+                "fit_config": asdict(fit_cfg),
+                "device": str(self.device),
+                "timings": {k: round(v, 2) for k, v in self.timings.items()},
+                "drift_px_per_frame": res.consistency,
+                "t2l_version": __version__,
+                "torch_version": torch.__version__,
+            },
+        )
+        yield phase("write")
+        t0 = time.perf_counter()
+        save_atlas(out, data)  # the atlas is complete from here on
+        self.timings["write_s"] = time.perf_counter() - t0
+        yield phase("previews")
+        for note in write_previews(out, data):
+            yield Note(note)
+        self.summary = {
+            "atlas": str(out), "frames": T, "width": W, "height": H,
+            "layers": [lay["name"] for lay in res.layers],
+            "psnr_mean": round(float(np.mean(res.psnr)), 3), "drift_px_per_frame": res.consistency,
+            "steps": cfg.steps, "preset": cfg.preset, "masks": self.mask_source,
+            "seconds": round(time.perf_counter() - t_run, 2),
+        }  # fmt: skip
+
+
+def _restart(out_dir: Path) -> str:
+    # like t2l/atlas/folder.py's fixes: a broken or finished folder names the command that redoes it
+    return f"start again: t2l atlas VIDEO -o {out_dir} --overwrite"
+
+
+def _resume_state(out_dir: Path, cfg: AtlasConfig) -> tuple[dict, AtlasConfig]:
+    """Read out_dir/model.pt; the saved config with the total steps (cfg.steps, else the saved total)."""
+    path = out_dir / "model.pt"
+    if not path.is_file():
+        raise UsageError(f"nothing to resume in {out_dir} (no model.pt)", "start a new fit instead")
+    try:
+        state = load_model_state(path)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many ways
+        raise InputError(f"cannot read {path} ({type(e).__name__}: {e})", _restart(out_dir)) from None
+    if not isinstance(state, dict) or "run" not in state or "step" not in state:
+        raise InputError(f"{path} is not a t2l atlas fit state", "start a new fit instead")
+    saved = AtlasConfig.from_dict(state["run"])
+    done = int(state["step"])
+    total = cfg.steps if cfg.steps is not None else saved.steps
+    if total is not None and total < done:
+        raise option_error(
+            "steps",
+            f"{total} is below the {done} steps already done",
+            f"steps is the total the fit reaches: ask for {done} or more, or leave it out"
+            + (f" to finish the saved {saved.steps}" if saved.steps is not None else ""),
+        )
+    if total == done and (out_dir / "atlas.json").exists():
+        raise UsageError(
+            f"{out_dir} is already fitted ({done} steps)",
+            f"ask for a total above {done} steps to keep fitting, or {_restart(out_dir)}",
+        )
+    return state, dataclasses.replace(saved, steps=total)
