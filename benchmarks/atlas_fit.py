@@ -55,11 +55,11 @@ def run_case(
     import numpy as np
     import torch
 
-    from t2l.atlas.fit import AtlasFitter, FitConfig, drift
+    from t2l.atlas.fit import AtlasFitter, drift
     from t2l.atlas.flow import FlowConfig, compute_flows, endpoint_error
     from t2l.atlas.masks import iou, motion_masks
+    from t2l.atlas.run import PRESETS, AtlasConfig
     from t2l.atlas.synthetic import SyntheticConfig, make_clip
-    from t2l.cli.atlas import preset_settings
     from t2l.device import resolve_device
 
     dev = resolve_device(device)
@@ -72,17 +72,15 @@ def run_case(
         images = {role: np.asarray(Image.open(ex / f).convert("RGB")) for role, f in
                   (("background", "chelsea.png"), ("texture", "coffee.png"))}  # fmt: skip
     clip = make_clip(SyntheticConfig(frames=frames, height=height, width=width, **CASES[name]), **images)
-    s = preset_settings(preset, frames)
+    p = PRESETS[preset]
     times = {}
     t0 = time.perf_counter()
-    flows = compute_flows(clip.frames, FlowConfig(preset=s["flow"]))
+    flows = compute_flows(clip.frames, FlowConfig(preset=p.flow))
     times["flow_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     masks, _ = motion_masks(flows, frames=clip.frames)
     times["masks_s"] = time.perf_counter() - t0
-    cfg = FitConfig(
-        steps=steps if steps is not None else s["steps"], pairs=s["pairs"], grid=s["grid"], seed=0
-    )
+    cfg = AtlasConfig(preset=preset, steps=steps, seed=0).fit_config(frames)  # as `t2l atlas` fits
     t0 = time.perf_counter()
     fitter = AtlasFitter(clip.frames, masks, flows, cfg, device=dev)
     if dev.type == "cuda":
