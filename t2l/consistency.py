@@ -114,18 +114,18 @@ def _chain(flow: dict, starts: range, stride: int) -> tuple[torch.Tensor, torch.
         torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
     )
     grid = torch.stack([xs, ys], -1) * scale - 1.0  # H, W, 2
-    valid = None
-    for i in range(stride):
-        f = torch.from_numpy(np.ascontiguousarray(fwd[t0 + i], dtype=np.float32))  # N, H, W, 2 px
-        trusted = torch.from_numpy(np.ascontiguousarray(ok[t0 + i])) & torch.isfinite(f).all(-1)
-        # Untrusted vectors read as 0, so a NaN or huge one cannot leak into its neighbours' bilinear reads.
-        f = torch.where(trusted[..., None], f * scale, torch.zeros(()))
-        if i == 0:  # at the pixel centres themselves: no interpolation needed
-            grid, valid = grid + f, trusted
-            continue
-        both = torch.cat([f.permute(0, 3, 1, 2), trusted[:, None].float()], 1)  # N, 3, H, W
-        read = _sample(both, grid)
-        valid = valid & _inside(grid) & (read[:, 2] > 1.0 - 1e-4)  # all bilinear neighbours trusted
+    # Flows t0 .. t_last + stride - 1 once, scaled to grid units, with their trust as a third channel.
+    span = slice(int(t0[0]), int(t0[-1]) + stride) if len(t0) else slice(0, 0)
+    f = torch.from_numpy(np.ascontiguousarray(fwd[span], dtype=np.float32))  # M, H, W, 2 px
+    trusted = torch.from_numpy(np.ascontiguousarray(ok[span])) & torch.isfinite(f).all(-1)  # M, H, W
+    # Untrusted vectors read as 0, so a NaN or huge one cannot leak into its neighbours' bilinear reads.
+    f = torch.where(trusted[..., None], f * scale, torch.zeros(()))
+    both = torch.cat([f.permute(0, 3, 1, 2), trusted[:, None].float()], 1)  # M, 3, H, W
+    n = len(t0)
+    grid, valid = grid + f[:n], trusted[:n]  # step 0 at the pixel centres themselves: no interpolation
+    for i in range(1, stride):
+        read = _sample(both[i : i + n], grid)
+        valid = valid & _inside(grid)  # all bilinear neighbours trusted
         grid = grid + read[:, :2].permute(0, 2, 3, 1)
     return grid, valid & _inside(grid)
 
@@ -307,12 +307,19 @@ def _leakage(edit_alpha, fg_alpha, layer_name: str) -> dict:
 def _preservation(source: np.ndarray, video: np.ndarray, layer: np.ndarray) -> dict:
     keep = layer[..., 3] == 0  # A < 1/255: the edit is absent there
     n = int(keep.sum())
-    out = {"psnr_db": None, "exact": None, "max_abs_diff": None, "pixels": n, "share": n / max(keep.size, 1)}
+    out = {
+        "psnr_db": None,
+        "exact": None,
+        "max_abs_diff": None,
+        "pixels": n,
+        "share": round(n / max(keep.size, 1), 6),
+    }
     if n == 0:
         return out
-    d = source[keep].astype(np.float64) - video[keep].astype(np.float64)  # n, 3 in 0-255
-    mse = float((d**2).mean())
-    out["max_abs_diff"] = int(np.abs(d).max())
+    d = np.abs(source.astype(np.int16) - video.astype(np.int16))  # T, H, W, 3 in 0-255
+    d[~keep] = 0
+    mse = float(np.square(d, dtype=np.int32).sum(dtype=np.int64)) / (3 * n)
+    out["max_abs_diff"] = int(d.max())
     out["exact"] = mse == 0.0
     out["psnr_db"] = None if mse == 0.0 else round(10.0 * math.log10(255.0**2 / mse), 3)
     return out

@@ -180,6 +180,16 @@ def test_bad_shapes_name_the_shape(frames, flow, match):
         warp_error(frames, flow)
 
 
+def test_known_value_every_pair_counts_equally():
+    frames = np.zeros((3, H, W, 3), np.float32)
+    frames[1], frames[2] = 0.1, 0.4  # pair (0, 1) differs by 0.1, pair (1, 2) by 0.3
+    flow = _shift_flow([(0, 0)] * 2)
+    flow["forward_valid"][1] = False
+    flow["forward_valid"][1, :2, :5] = True  # pair (1, 2): only 10 trusted pixels
+    # Lai: the mean of the per-pair MSEs, (0.01 + 0.09) / 2; pooling all pixels would give ~0.01.
+    assert warp_error(frames, flow) == pytest.approx(0.05, rel=1e-5)
+
+
 def test_too_short_clip_and_bad_stride():
     frames, flow = _integer_clip([(1, 0)] * 3), _shift_flow([(1, 0)] * 3)
     assert math.isnan(warp_error(frames, flow, stride=8))
@@ -227,6 +237,14 @@ def test_report_glued_edit_adds_nothing_and_jitter_shows():
     assert jr["layer_in_edit"] > 2 * jr["layer"]  # restricted to the edit, the same slip reads larger
     lines = format_report(consistency_report(js, jv, jl, jf, None, None, "bg"))
     assert any("stride 1" in line for line in lines) and all(isinstance(x, str) for x in lines)
+
+
+def test_layer_in_edit_counts_where_the_edit_is_in_either_frame():
+    source, flow = _integer_clip([(0, 0)]), _shift_flow([(0, 0)])
+    layer = np.zeros((2, H, W, 4), np.uint8)
+    layer[1, 10:20, 10:30] = 255  # the edit pops in on frame 1
+    r = consistency_report(source, source, layer, flow, None, None, "bg")["warp"]["stride_1"]
+    assert r["edit_pixels"] == 200 and r["layer_in_edit"] == pytest.approx(255 * math.sqrt(4 / 4), rel=1e-3)
 
 
 def test_report_short_clip_skips_stride_8():
