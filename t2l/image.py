@@ -36,7 +36,7 @@ from t2l.run import (
     output_state,  # noqa: F401  (re-exported: t2l.image.output_state)
     with_steps,
 )
-from t2l.train import Example, StepEvent, TextBank, TrainConfig, Trainer, encode_view_bank
+from t2l.train import Example, StepEvent, TextBank, TrainConfig, Trainer, encode_view_bank, scaled_to_native
 
 PRESETS = {
     # the paper's settings (GPU): shorter side 512, 1000 steps, 16 CLIP views
@@ -120,15 +120,6 @@ def resolve_config(
         steps=steps, views=ViewConfig(n=views), snapshot_every=save_every, precision=precision
     )
     return ImageConfig(preset=preset, size=size, save_every=save_every, generator=gen, train=train), note
-
-
-def _scaled_views(cfg: TrainConfig, native: int) -> TrainConfig:
-    """Adapt view and structure sizes (defined for a 224-px CLIP) to the backbone's native size."""
-    k = native / 224
-    views = replace(cfg.views, short=native, long_max=round(cfg.views.long_max * k))
-    return replace(
-        cfg, views=views, structure_short=native, structure_long_max=round(cfg.structure_long_max * k)
-    )
 
 
 def image_identity(input_path: Path, clip, prompts: PromptSet) -> dict:
@@ -287,10 +278,7 @@ class ImageRun(TrainingRun):
         gen = Generator(self.cfg.generator).to(self.device)
         texts = TextBank.from_prompts(self.clip, self.prompts)
         rng = torch.Generator().manual_seed(self.seed)
-        tcfg = _scaled_views(self.cfg.train, int(self.clip.native_size))
-        if self.cfg.train.precision == "tf32":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        tcfg = scaled_to_native(self.cfg.train, int(self.clip.native_size))
         if self.cfg.input_bank > 0:
             t0 = time.perf_counter()
             count = self.cfg.input_bank * tcfg.views.n

@@ -27,7 +27,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -156,6 +156,15 @@ def encode_view_bank(
     return torch.cat(out)[:count]
 
 
+def scaled_to_native(cfg: TrainConfig, native: int) -> TrainConfig:
+    """Adapt view and structure sizes (defined for a 224-px CLIP) to the backbone's native size."""
+    k = native / 224
+    views = replace(cfg.views, short=native, long_max=round(cfg.views.long_max * k))
+    return replace(
+        cfg, views=views, structure_short=native, structure_long_max=round(cfg.structure_long_max * k)
+    )
+
+
 def structure_resize(x: torch.Tensor, short: int, long_max: int) -> torch.Tensor:
     """Resize [B,C,H,W] so the shorter side is `short` and the longer at most `long_max` (aspect kept:
     a long image gets a shorter side below `short`, as torchvision's Resize(short, max_size))."""
@@ -182,6 +191,9 @@ class Trainer:
             rng,
         )
         self.device = next(generator.parameters()).device
+        if cfg.precision == "tf32":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.text_dirs = texts.comp - texts.src  # K, D
         self.opt = MADGRAD(
             generator.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay

@@ -159,9 +159,7 @@ class LayerCrops:
         self.used = cov  # atlas px box the video shows
         self.k = raster_scale(cov, min_side, settings.max_scale)
         self.atlas_min = math.ceil(min_side / self.k)  # atlas crop side (atlas px) the generator needs
-        tex = (
-            torch.from_numpy(np.ascontiguousarray(texture)).permute(2, 0, 1)[None].float() / 255
-        )  # 1, 4, Ha, Wa
+        tex = torch.from_numpy(np.array(texture)).permute(2, 0, 1)[None].float() / 255  # 1, 4, Ha, Wa
         self.coverage = tex[:, 3:4].to(self.device)  # 1, 1, Ha, Wa
         rgb = tex[:, :3]
         if self.k > 1:  # texel centres of the k x k subdivision: bilinear, align_corners=False

@@ -419,3 +419,93 @@ class FsFaults:
 def fs_faults(monkeypatch):
     """fs_faults.read_only(folder) / fs_faults.disk_full(folder, free_bytes): simulated faults."""
     return FsFaults(monkeypatch)
+
+
+# ---- video editing: a layered atlas whose mappings, alpha and flow are exact ---------------------
+
+
+def _video_atlas(frames: int = 8, height: int = 72, width: int = 96, side: int = 24, layers: int = 2):
+    """A camera panning 2 px/frame over a smooth random background and a textured side x side square
+    moving 3 px/frame over it. uv are the atlas pixel coordinates themselves (uv_to_px (1, 0, 1, 0)),
+    alpha is 1 on the square, and flow.npz is the exact motion (validity: the pixel stays in the frame
+    and on the same layer). layers=1: the square is painted into the background (no fg layer)."""
+    from fractions import Fraction
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from t2l.atlas.folder import AtlasData, AtlasLayer
+    from t2l.video_read import VideoInfo
+
+    T, H, W, S = frames, height, width, side
+    pan, speed = 2, 3
+    g = torch.Generator().manual_seed(1)
+    bw, bh = W + pan * T + 8, H + 8
+    bg = F.interpolate(torch.rand(1, 3, bh // 8, bw // 8, generator=g), size=(bh, bw), mode="bilinear")
+    bg = (bg[0].permute(1, 2, 0).numpy() * 200).astype(np.uint8)  # bh, bw, 3
+    fa = S + 8  # fg atlas side: the square at [4, 4 + S)
+    obj = np.zeros((fa, fa, 3), np.uint8)
+    yy0, xx0 = np.mgrid[0:S, 0:S]
+    obj[4 : 4 + S, 4 : 4 + S] = np.stack([(xx0 * 9) % 255, (yy0 * 7) % 255, 255 - (xx0 * 5) % 255], -1)
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float32) + 0.5
+    x0s = [4 + speed * t for t in range(T)]
+    y0 = (H - S) // 2
+    fr, uvb, uvf, al = [], [], [], []
+    for t in range(T):
+        f = bg[4 : 4 + H, pan * t + 4 : pan * t + 4 + W].copy()
+        a = np.zeros((H, W), np.float32)
+        a[y0 : y0 + S, x0s[t] : x0s[t] + S] = 1
+        f[a > 0] = obj[4 : 4 + S, 4 : 4 + S].reshape(-1, 3)
+        fr.append(f)
+        uvb.append(np.stack([xs + pan * t + 4, ys + 4], -1))
+        uvf.append(np.stack([xs - x0s[t] + 4, ys - y0 + 4], -1))
+        al.append(a)
+    alpha = np.stack(al)
+    fwd = np.zeros((T - 1, H, W, 2), np.float32)
+    fwd[..., 0] = np.where(alpha[:-1] > 0, speed, -pan)
+    bwd = np.zeros((T - 1, H, W, 2), np.float32)
+    bwd[..., 0] = np.where(alpha[1:] > 0, -speed, pan)
+
+    def valid(flow, src, dst):
+        tx = (xs[None] - 0.5 + flow[..., 0]).round().astype(int)
+        inside = (tx >= 0) & (tx < W)
+        txc = tx.clip(0, W - 1)
+        same = np.take_along_axis(dst, txc, axis=2) == src
+        return inside & same
+
+    flow = {
+        "forward": fwd.astype(np.float16),
+        "backward": bwd.astype(np.float16),
+        "forward_valid": valid(fwd, alpha[:-1], alpha[1:]),
+        "backward_valid": valid(bwd, alpha[1:], alpha[:-1]),
+    }
+    frames_a = np.stack(fr)
+    tex_bg = np.concatenate([bg, np.full((bh, bw, 1), 255, np.uint8)], -1)
+    tex_fg = np.concatenate([obj, np.zeros((fa, fa, 1), np.uint8)], -1)
+    tex_fg[4 : 4 + S, 4 : 4 + S, 3] = 255
+    info = VideoInfo("synthetic", W, H, Fraction(10), 0, tuple(t / 10 for t in range(T)), True, tuple(range(T)))
+    lays = [AtlasLayer("bg", np.stack(uvb).astype(np.float32), tex_bg, (1.0, 0.0, 1.0, 0.0))]
+    if layers == 2:
+        lays.append(AtlasLayer("fg", np.stack(uvf).astype(np.float32), tex_fg, (1.0, 0.0, 1.0, 0.0)))
+    return AtlasData(
+        frames=frames_a, info=info, layers=lays, alpha=alpha if layers == 2 else None,
+        reconstruction=frames_a.copy(), psnr=[50.0] * T, masks=alpha > 0.5 if layers == 2 else None,
+        flow=flow, model_state=None, meta={"preset": "test"},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def make_video_atlas():
+    """make_video_atlas(frames=8, height=72, width=96, side=24, layers=2) -> AtlasData (exact uv/alpha/flow)."""
+    return _video_atlas
+
+
+@pytest.fixture
+def video_atlas_dir(tmp_path, make_video_atlas):
+    """A saved two-layer synthetic atlas folder (8 frames of 96x72) in tmp_path/clip.atlas."""
+    from t2l.atlas.folder import save_atlas
+
+    d = tmp_path / "clip.atlas"
+    save_atlas(d, make_video_atlas())
+    return d
