@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Importing these registers their commands; they import torch only inside the command bodies.
-from t2l.cli import atlas, image, models, render  # noqa: E402,F401
+from t2l.cli import atlas, image, models, render, video  # noqa: E402,F401
 from t2l.cli.app import app
 
 
