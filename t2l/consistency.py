@@ -125,7 +125,7 @@ def _chain(flow: dict, starts: range, stride: int) -> tuple[torch.Tensor, torch.
     grid, valid = grid + f[:n], trusted[:n]  # step 0 at the pixel centres themselves: no interpolation
     for i in range(1, stride):
         read = _sample(both[i : i + n], grid)
-        valid = valid & _inside(grid)  # all bilinear neighbours trusted
+        valid = valid & _inside(grid) & (read[:, 2] > 1.0 - 1e-4)  # all bilinear neighbours trusted
         grid = grid + read[:, :2].permute(0, 2, 3, 1)
     return grid, valid & _inside(grid)
 

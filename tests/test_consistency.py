@@ -299,6 +299,49 @@ def test_report_bad_shapes():
         consistency_report(source, video, layer, flow, None, None, "mid")
 
 
+def test_report_on_an_atlas_render_with_real_flow():
+    """End to end: an edit rendered through a (panning, one-layer) atlas, flow from DIS as t2l atlas has it."""
+    from fractions import Fraction
+
+    from t2l.atlas.flow import compute_flows
+    from t2l.atlas.folder import AtlasData, AtlasLayer
+    from t2l.atlas.render import render_edit
+    from t2l.video_read import VideoInfo
+
+    t_count, h, w, pan = 12, 64, 96, (2, 1)
+    rng = np.random.default_rng(7)
+    tex = (noise_texture(h + 40, w + 40, rng) * 255).round().astype(np.uint8)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    # The camera pans: frame t shows texture pixels [t*pan ...], so the content moves by -pan.
+    uv = np.stack([np.stack([xs + pan[0] * t, ys + pan[1] * t], -1) for t in range(t_count)])
+    frames = np.stack([tex[pan[1] * t : pan[1] * t + h, pan[0] * t : pan[0] * t + w] for t in range(t_count)])
+    edit = np.zeros((h + 40, w + 40, 4), np.uint8)
+    edit[20:50, 30:80] = np.concatenate([rng.integers(0, 256, (30, 50, 3)), np.full((30, 50, 1), 255)], -1)
+    info = VideoInfo("synthetic", w, h, Fraction(10), 0, tuple(range(t_count)), True, tuple(range(t_count)))
+
+    def render(layer_uv):
+        atlas = np.concatenate([tex, np.full((h + 40, w + 40, 1), 255, np.uint8)], -1)
+        lay = AtlasLayer("bg", layer_uv.astype(np.float32), atlas, (1, 0, 1, 0))
+        data = AtlasData(frames, info, [lay], None, frames, [40.0] * t_count)
+        return render_edit(data, {"bg": edit})
+
+    flow = compute_flows(frames)
+    video, layer = render(uv)
+    size = (h + 40, w + 40)
+    glued = consistency_report(
+        frames, video, layer, flow, None, layer[..., 3] / 255, "bg", uv_px=uv, atlas_size=size
+    )
+    jitter = rng.integers(-2, 3, (t_count, 1, 1, 2)).astype(np.float32)  # the edit slides per frame
+    jv, jl = render(uv + jitter)
+    slid = consistency_report(frames, jv, jl, flow, None, jl[..., 3] / 255, "bg", uv_px=uv, atlas_size=size)
+    assert glued["atlas_spread"]["rms"] < 0.01 * slid["atlas_spread"]["rms"]
+    for k in ("stride_1", "stride_8"):
+        g, s_ = glued["warp"][k], slid["warp"][k]
+        assert g["layer_in_edit"] < 0.1 * s_["layer_in_edit"], k
+        assert g["video"] - g["source"] < 0.1 * (s_["video"] - s_["source"]), k
+    assert glued["preservation"]["exact"] and slid["preservation"]["exact"]
+
+
 # ---- atlas spread --------------------------------------------------------------------------------------
 
 
