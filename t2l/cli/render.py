@@ -158,13 +158,39 @@ def render(
         if kind == "image":
             _render_image(folder, output, input_image, size, device, overwrite, as_json)
             return
+        if kind == "video":
+            _render_video_run(
+                folder, run_json, output, fg, bg, formats, frames, resolution, crf, overwrite, as_json
+            )
+            return
     raise InputError(
-        f"{folder} is neither an atlas folder (atlas.json) nor an image run (run.json with kind image)",
-        "pass a folder made by t2l atlas or t2l image",
+        f"{folder} is neither an atlas folder (atlas.json) nor an image or video run (run.json)",
+        "pass a folder made by t2l atlas, t2l image or t2l video",
     )
 
 
-def _render_atlas(folder, output, fg, bg, formats, frames, resolution, crf, overwrite, as_json) -> None:
+def _render_video_run(
+    run_dir, run_json, output, fg, bg, formats, frames, resolution, crf, overwrite, as_json
+):
+    """A `t2l video` run folder: its edit.png over its atlas (only that edit; --fg/--bg add others)."""
+    info_ = json.loads(run_json.read_text())
+    atlas, layer = Path(info_.get("input", "")), info_.get("layer")
+    edit = run_dir / "edit.png"
+    if info_.get("status") != "done" or not edit.is_file():
+        raise InputError(f"{run_dir} holds no finished video edit", "finish it with t2l video ... --resume")
+    if not (atlas / "atlas.json").is_file():
+        raise InputError(
+            f"the run's atlas folder {atlas} is gone", f"render with t2l render ATLAS --{layer} {edit}"
+        )
+    given = {"fg": fg, "bg": bg, layer: edit}
+    _render_atlas(
+        atlas, output, given["fg"], given["bg"], formats, frames, resolution, crf, overwrite, as_json, False
+    )
+
+
+def _render_atlas(
+    folder, output, fg, bg, formats, frames, resolution, crf, overwrite, as_json, atlas_edits: bool = True
+) -> None:
     from t2l.atlas.folder import load_atlas
     from t2l.atlas.render import load_edit, render_to_files
 
@@ -190,7 +216,7 @@ def _render_atlas(folder, output, fg, bg, formats, frames, resolution, crf, over
                 f"--{name} given but this atlas has no {name} layer", f"its layers: {', '.join(names)}"
             )
     paths = {name: given[name] or folder / "edits" / f"{name}.png" for name in names}
-    paths = {name: p for name, p in paths.items() if given[name] is not None or p.is_file()}
+    paths = {name: p for name, p in paths.items() if given[name] is not None or (atlas_edits and p.is_file())}
     if not paths:
         raise InputError(
             f"no edit to render in {folder}",
