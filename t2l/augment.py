@@ -15,6 +15,35 @@ import torch
 import torch.nn.functional as F
 
 _GRAY = (0.299, 0.587, 0.114)
+_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))  # RGB -> YIQ rows
+
+# Constants that every step would otherwise rebuild (and, on a GPU, copy to the device): built once
+# per (dtype, device) or view size. Small tensors; never part of a graph.
+_colour_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_grid_cache: dict[tuple, torch.Tensor] = {}
+
+
+def _colour_consts(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(luma weights [1,3,1,1], YIQ matrix [3,3], its inverse [3,3]) as dtype on device, built once."""
+    key = (dtype, device)
+    if key not in _colour_cache:
+        with torch.inference_mode(False), torch.no_grad():
+            m = torch.tensor(_YIQ, dtype=dtype, device=device)
+            gray = torch.tensor(_GRAY, dtype=dtype, device=device).view(1, 3, 1, 1)
+            _colour_cache[key] = (gray, m, torch.linalg.inv(m))
+    return _colour_cache[key]
+
+
+def _pixel_centres(vh: int, vw: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Homogeneous normalised pixel centres of a vh x vw view, [vh*vw, 3] (x, y, 1), row-major."""
+    key = (vh, vw, dtype, device)
+    if key not in _grid_cache:
+        with torch.inference_mode(False), torch.no_grad():
+            ys = (torch.arange(vh, device=device, dtype=dtype) + 0.5) / vh * 2 - 1
+            xs = (torch.arange(vw, device=device, dtype=dtype) + 0.5) / vw * 2 - 1
+            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+            _grid_cache[key] = torch.stack([gx, gy, torch.ones_like(gx)], -1).view(-1, 3)  # hw, 3
+    return _grid_cache[key]
 
 
 # ---- internal dataset: one augmented crop of the input per step ------------------------------
@@ -93,7 +122,7 @@ def apply_crop(x: torch.Tensor, p: CropParams, jitter: bool = True) -> torch.Ten
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """x [B,3,H,W] in [0,1] -> luma [B,1,H,W]."""
-    w = torch.tensor(_GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    w = _colour_consts(x.dtype, x.device)[0]
     return (x * w).sum(1, keepdim=True)
 
 
@@ -112,17 +141,13 @@ def color_jitter(
     gray = grayscale(x)
     x = ((x - gray) * v(saturation) + gray).clamp(0, 1)
     # hue: rotate the chroma plane of YIQ
-    yiq = torch.tensor(
-        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-        dtype=x.dtype,
-        device=x.device,
-    )
+    _, yiq, yiq_inv = _colour_consts(x.dtype, x.device)
     q = torch.einsum("cj,bjhw->bchw", yiq, x)
     ang = v(hue) * 2 * math.pi
     i2 = q[:, 1:2] * torch.cos(ang) - q[:, 2:3] * torch.sin(ang)
     q2 = q[:, 1:2] * torch.sin(ang) + q[:, 2:3] * torch.cos(ang)
     q = torch.cat([q[:, :1], i2, q2], 1)
-    return torch.einsum("cj,bjhw->bchw", torch.linalg.inv(yiq), q).clamp(0, 1)
+    return torch.einsum("cj,bjhw->bchw", yiq_inv, q).clamp(0, 1)
 
 
 # ---- CLIP views ------------------------------------------------------------------------------
@@ -241,10 +266,7 @@ def render_views(x: torch.Tensor, p: ViewParams, fill: float = 1.0) -> torch.Ten
             x, size=(round(H / k), round(W / k)), mode="bilinear", align_corners=False, antialias=True
         )
     dev, dt = x.device, x.dtype
-    ys = (torch.arange(vh, device=dev, dtype=dt) + 0.5) / vh * 2 - 1
-    xs = (torch.arange(vw, device=dev, dtype=dt) + 0.5) / vw * 2 - 1
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    pts = torch.stack([gx, gy, torch.ones_like(gx)], -1).view(-1, 3)  # hw, 3
+    pts = _pixel_centres(vh, vw, dt, dev)  # hw, 3
     Hm = p.homography.to(device=dev, dtype=dt)  # V, 3, 3
     q = torch.einsum("vij,pj->vpi", Hm, pts)  # V, hw, 3
     grid = (q[..., :2] / q[..., 2:].clamp_min(1e-6)).reshape(1, V * vh, vw, 2)

@@ -151,10 +151,35 @@ def test_frozen_and_stays_in_eval(clip):
     assert all(not p.requires_grad for p in clip.parameters())
 
 
-@pytest.mark.parametrize("shape", [(3, 64, 64), (1, 4, 64, 64), (1, 3, 8, 64)])
-def test_bad_image_shapes_are_usage_errors(clip, shape):
-    with pytest.raises(UsageError, match=r"\(|patch size"):
+@pytest.mark.parametrize(
+    "shape, message",
+    [((3, 64, 64), r"images shaped B, 3, H, W; got \(3, 64, 64\)"),
+     ((1, 4, 64, 64), r"images shaped B, 3, H, W; got \(1, 4, 64, 64\)"),
+     ((1, 3, 8, 64), r"image \(8, 64\) is smaller than the CLIP patch size 16; use at least 16x16")],
+)  # fmt: skip
+def test_bad_image_shapes_are_usage_errors(clip, shape, message):
+    with pytest.raises(UsageError, match=message):
         clip.encode_image(torch.rand(*shape))
+
+
+def test_batch_first_blocks_equal_open_clips_own(clip):
+    """run_block (batch-first attention, one matmul over all tokens) is open_clip's block up to float
+    rounding, forward and backward to the input; a block it does not know is run by the block itself."""
+    torch.manual_seed(2)
+    for blk in clip.blocks():
+        x = torch.randn(3, 17, clip.visual.transformer.width, requires_grad=True)
+        ref = blk(x)
+        (g_ref,) = torch.autograd.grad(ref.square().sum(), x)
+        out = clip.run_block(blk, x)
+        (g,) = torch.autograd.grad(out.square().sum(), x)
+        assert torch.allclose(out, ref, rtol=0, atol=1e-5) and torch.allclose(g, g_ref, rtol=0, atol=1e-4)
+
+    class Custom(torch.nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    x = torch.zeros(1, 2, 3)
+    assert torch.equal(clip.run_block(Custom(), x), x + 1)
 
 
 def test_caches_filled_under_inference_mode_still_train(clip):
