@@ -300,6 +300,7 @@ class Trainer:
         step = self.step
         self.generator.train()  # BatchNorm in training mode, always
         self.opt.zero_grad(set_to_none=True)
+        buffers = [b.clone() for b in self.generator.buffers()]  # BatchNorm statistics (tiny)
         calls = [
             c
             if isinstance(c, GeneratorCall)
@@ -327,7 +328,10 @@ class Trainer:
                 rgba.backward(out.grad)
         values = torch.stack([total, *sums.values()]).tolist()  # the step's one host sync
         total, losses = values[0], dict(zip(sums, values[1:], strict=True))
-        if not math.isfinite(total):
+        if not math.isfinite(total):  # leave the state as before this step (what gets checkpointed)
+            for b, saved in zip(self.generator.buffers(), buffers, strict=True):
+                b.copy_(saved)
+            self.rng.set_state(self._rng_at_step)
             raise FloatingPointError(f"loss became {total} at step {step + 1}")
         lr = self.lr
         self.opt.step()
