@@ -113,3 +113,30 @@ def test_prepare_checks_the_input_and_the_state(frames_dir, tmp_path):
     assert folder_state(tmp_path / "o") == "partial"
     with pytest.raises(InputError, match="cannot read"):
         AtlasRun.prepare(frames_dir, tmp_path / "o", AtlasConfig(), resume=True)
+
+
+def test_ctrl_c_between_events_or_while_writing_loses_no_step(frames_dir, tmp_path):
+    from t2l.atlas.fit import FitEvent
+    from t2l.atlas.folder import load_model_state
+    from t2l.atlas.run import RESUME_FIX
+
+    cfg, _ = resolve_config("draft", size=64, steps=4, seed=0)
+    out = tmp_path / "a"
+    run = AtlasRun.prepare(frames_dir, out, cfg, "cpu")
+    for ev in run.events():
+        if isinstance(ev, FitEvent) and ev.step == 2:
+            break  # the caller got Ctrl-C while drawing step 2
+    e = run.interrupted()
+    assert e.fix == RESUME_FIX and "step 2/4" in e.problem
+    assert load_model_state(out / "model.pt")["step"] == 2 and folder_state(out) == "partial"
+
+    run = AtlasRun.prepare(frames_dir, out, AtlasConfig(), "cpu", resume=True)
+    for ev in run.events():
+        if isinstance(ev, Phase) and ev.name == "export":
+            break  # Ctrl-C after the last step, before the atlas is written
+    e = run.interrupted()
+    assert e.fix == RESUME_FIX and "while writing" in e.problem
+    assert load_model_state(out / "model.pt")["step"] == 4 and folder_state(out) == "partial"
+    run = AtlasRun.prepare(frames_dir, out, AtlasConfig(), "cpu", resume=True)
+    events = list(run.events())
+    assert not [ev for ev in events if isinstance(ev, FitEvent)] and folder_state(out) == "done"

@@ -40,6 +40,7 @@ from t2l.files import torch_save_atomic
 from t2l.video_read import read_video
 
 MIN_FRAMES = 3
+RESUME_FIX = "resume the fit to continue"  # the CLI says how (--resume)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
@@ -181,6 +182,8 @@ class AtlasRun:
         self.mask_source: str | None = None
         self.timings: dict[str, float] = {}
         self.fitter: AtlasFitter | None = None
+        self._stage = "prepare"  # prepare -> fit -> write (what a Ctrl-C would lose)
+        self._packed = None
 
     @classmethod
     def prepare(cls, video: str | Path, out_dir: str | Path, cfg: AtlasConfig, device: str | torch.device = "auto",
@@ -297,6 +300,7 @@ class AtlasRun:
         )
 
         (out / "atlas.json").unlink(missing_ok=True)  # from here on the folder holds an unfinished fit
+        self._packed, self._stage = packed, "fit"
         yield phase("fit")
         t0 = last_save = time.perf_counter()
         try:
@@ -305,13 +309,40 @@ class AtlasRun:
                 if time.perf_counter() - last_save > cfg.checkpoint_every_s:
                     self._checkpoint(packed)
                     last_save = time.perf_counter()
+            self.timings["fit_s"] = time.perf_counter() - t0
+            self._checkpoint(packed)  # a Ctrl-C or a crash while exporting and writing loses no step
+            self._stage = "write"
+            yield from self._write(frames, vinfo, flows, fg_masks, packed, fit_cfg, t_run)
         except KeyboardInterrupt:
-            self._checkpoint(packed)
-            raise Interrupted(
-                f"interrupted at step {fitter.step}/{cfg.steps}; the fit state is saved in {out / 'model.pt'}",
-                "resume the fit to continue",
-            ) from None
-        self.timings["fit_s"] = time.perf_counter() - t0
+            raise self.interrupted() from None
+
+    def interrupted(self) -> Interrupted:
+        """After a Ctrl-C (inside events(), or in the caller between two events): save the fit state if
+        a fit is under way and return the Interrupted error to raise."""
+        out = self.out_dir
+        if self._stage == "fit":
+            self._checkpoint(self._packed)
+            return Interrupted(
+                f"interrupted at step {self.fitter.step}/{self.cfg.steps}; the fit state is saved in {out / 'model.pt'}",
+                RESUME_FIX,
+            )
+        if self._stage == "write" and not (out / "atlas.json").exists():
+            return Interrupted(
+                f"interrupted while writing the atlas; the fit ({self.cfg.steps} steps) is saved in {out / 'model.pt'}",
+                RESUME_FIX,
+            )
+        if self._stage == "write":
+            return Interrupted(
+                f"interrupted while encoding the previews in {out}", "the atlas itself is complete"
+            )
+        return Interrupted("interrupted before the fit started; nothing was saved", "run the command again")
+
+    def _write(self, frames, vinfo, flows, fg_masks, packed, fit_cfg, t_run) -> Iterator[Event]:
+        cfg, out, fitter = self.cfg, self.out_dir, self.fitter
+        T, H, W = frames.shape[:3]
+
+        def phase(name: str) -> Phase:
+            return Phase(name, time.perf_counter() - t_run)
 
         yield phase("export")
         t0 = time.perf_counter()

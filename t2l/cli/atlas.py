@@ -56,7 +56,11 @@ def atlas(
         str, typer.Option("--preset", help="auto (quality on GPU, draft on CPU), draft or quality.")
     ] = "auto",
     steps: Annotated[
-        int | None, typer.Option("--steps", help="Optimisation steps (default from the preset).")
+        int | None,
+        typer.Option(
+            "--steps",
+            help="Total optimisation steps the fit reaches (default: the preset's; on --resume the saved total).",
+        ),
     ] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
@@ -109,7 +113,9 @@ def atlas(
 def _draw(run, json_out: bool) -> None:
     """Notes as info lines, phases as a status, the fit as a progress bar; the result's line last."""
     from t2l.atlas.fit import FitEvent
-    from t2l.atlas.run import Note, Phase
+    from t2l.atlas.run import RESUME_FIX, Note, Phase
+
+    cli_fix = {RESUME_FIX: "rerun the same command with --resume to continue"}
 
     fitting = False
     try:
@@ -125,8 +131,12 @@ def _draw(run, json_out: bool) -> None:
                     progress.reset(task, total=run.cfg.steps, completed=run.fitter.step, description="fit")
                 elif isinstance(ev, Phase):  # before the fit: the stage; after it: the status
                     progress.update(task, **({"status": ev.name} if fitting else {"description": ev.name}))
+            progress.update(task, status="")
+    except KeyboardInterrupt:  # reached us between two events: the core saves what it can
+        e = run.interrupted()
+        raise Interrupted(e.problem, cli_fix.get(e.fix, e.fix)) from None
     except Interrupted as e:
-        raise Interrupted(e.problem, "rerun the same command with --resume to continue") from None
+        raise Interrupted(e.problem, cli_fix.get(e.fix, e.fix)) from None
     s = run.summary
     drift = ", ".join(f"{k} {v:.2f}" for k, v in s["drift_px_per_frame"].items())
     info(
