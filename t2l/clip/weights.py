@@ -387,8 +387,8 @@ def fetch_from_hub(
     if offline:
         why = offline if isinstance(offline, str) else "offline mode is on"
         raise _unavailable(looked_for, cache_dir, why, spec)
+    _check_writable(cache_dir)  # a read-only cache fails before any request
     filename = _probe(repo, files, looked_for, cache_dir, spec)
-    _check_writable(cache_dir)
     path = _download(repo, filename, cache_dir, download_progress, force, looked_for, spec)
     why = verify_file(path)
     if why:
