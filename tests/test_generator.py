@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,14 +41,26 @@ def test_gradients_reach_every_parameter_and_seed_fixes_init():
     assert all(p.grad is not None for p in g1.parameters())
 
 
-def test_batchnorm_uses_per_image_statistics():
-    # BatchNorm in training mode (as trained): outputs depend on the image alone, not on running stats
+def test_renderer_uses_train_mode_batchnorm_statistics():
+    # The generator is trained with BatchNorm in training mode (per-image statistics, batch of one);
+    # the final render must use the same statistics, never the running averages of eval mode.
+    from t2l.image import render_layer
+    from t2l.imageio import to_uint8
+
     torch.manual_seed(0)
     g = Generator(GeneratorConfig(depth=3, width=8))
-    g.train()
-    x = torch.rand(1, 3, 24, 24)
-    y1, y2 = g(x), g(x)
-    assert torch.allclose(y1, y2)  # running stats updating does not change train-mode outputs
+    for m in g.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # running stats far from any image's own
+            m.running_mean.fill_(3.0)
+            m.running_var.fill_(50.0)
+    x = torch.rand(1, 3, 24, 30)
+    with torch.no_grad():
+        train_out = g.train()(x)
+        eval_out = g.eval()(x)
+        assert (to_uint8(train_out) != to_uint8(eval_out)).any()  # the two modes are told apart
+        g.eval()  # as left by whoever used it last
+        layer = render_layer(g, x, (24, 30))
+    assert np.array_equal(layer, to_uint8(train_out))
 
 
 def test_head_maps_decorrelated_colour_with_c_not_c_transpose():
