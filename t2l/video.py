@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from t2l.atlas.coords import sample_atlas, unpremultiply
+from t2l.atlas.coords import sample_atlas, unpremultiply, uv_to_pixels
 from t2l.augment import ViewConfig
 from t2l.errors import UsageError
 from t2l.files import torch_save_atomic
@@ -358,10 +358,17 @@ class VideoRun(TrainingRun):
 
         t1 = time.perf_counter()
         video, layer = render_edit(self.data, {name: edit})  # working resolution, for the report
+        flow = self.data.flow
+        if flow is None and len(self.data.frames) > 1:  # e.g. an NLA import: measure along fresh flow
+            from t2l.atlas.flow import compute_flows
+
+            flow = compute_flows(self.data.frames)
+            self.notes.append("the atlas has no stored flow; the consistency report uses flow computed now")
         edit_alpha = sampled_alpha(edit, self.layer)
         report = consistency_report(
-            self.data.frames, video, layer, self.data.flow, self.data.alpha, edit_alpha, name
-        )
+            self.data.frames, video, layer, flow, self.data.alpha, edit_alpha, name,
+            uv_px=uv_to_pixels(self.layer.uv, self.layer.uv_to_px), atlas_size=self.crops.atlas_size,
+        )  # fmt: skip
         self.timings["report_s"] = time.perf_counter() - t1
         gen = self.trainer.generator
         torch_save_atomic(
