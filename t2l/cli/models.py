@@ -14,6 +14,7 @@ from t2l.cli.app import app
 from t2l.cli.common import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_WEIGHTS,
+    FLAG,
     JsonOpt,
     download_progress_class,
     emit_json,
@@ -55,7 +56,10 @@ def download(
     weights: WeightsOpt = DEFAULT_CLIP_WEIGHTS,
     cache_dir: CacheDirOpt = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Download again even if cached (replaces a damaged file).")
+        bool,
+        typer.Option(
+            "--force", metavar=FLAG, help="Download again even if cached (replaces a damaged file)."
+        ),
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
