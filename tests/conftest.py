@@ -484,7 +484,9 @@ def _video_atlas(frames: int = 8, height: int = 72, width: int = 96, side: int =
     tex_bg = np.concatenate([bg, np.full((bh, bw, 1), 255, np.uint8)], -1)
     tex_fg = np.concatenate([obj, np.zeros((fa, fa, 1), np.uint8)], -1)
     tex_fg[4 : 4 + S, 4 : 4 + S, 3] = 255
-    info = VideoInfo("synthetic", W, H, Fraction(10), 0, tuple(t / 10 for t in range(T)), True, tuple(range(T)))
+    info = VideoInfo(
+        "synthetic", W, H, Fraction(10), 0, tuple(t / 10 for t in range(T)), True, tuple(range(T))
+    )
     lays = [AtlasLayer("bg", np.stack(uvb).astype(np.float32), tex_bg, (1.0, 0.0, 1.0, 0.0))]
     if layers == 2:
         lays.append(AtlasLayer("fg", np.stack(uvf).astype(np.float32), tex_fg, (1.0, 0.0, 1.0, 0.0)))
@@ -509,3 +511,157 @@ def video_atlas_dir(tmp_path, make_video_atlas):
     d = tmp_path / "clip.atlas"
     save_atlas(d, make_video_atlas())
     return d
+
+
+# ---- builders shared by several test modules (fixtures: test modules never import each other) -------
+
+
+class SquareAtlas:
+    """A 2-layer atlas of a square moving over a static background, with exact mappings: bg is static
+    (uv = pixel), fg uv = pixel - motion. `build()` makes the AtlasData; the attributes say where
+    everything is, so tests can check renders pixel by pixel.
+
+    bg atlas: the H x W background, uv_to_px (32, 32, 32, 32) so uv in [-1, 1).
+    fg atlas: 16x16, uv_to_px (1, 0, 1, 0) so uv is the atlas pixel coordinate itself.
+    """
+
+    T, H, W = 4, 48, 64
+    SQ, PAD = 12, 2  # square side (frame px) and its margin inside the 16x16 fg atlas
+    X0, Y0, VX, VY = 8, 10, 4, 2  # square's top-left in frame 0 and its motion per frame (px)
+    RED = (255, 0, 0)
+
+    def position(self, t: int) -> tuple[int, int]:
+        return self.X0 + self.VX * t, self.Y0 + self.VY * t
+
+    def build(self, scale: int = 1, source_path: str = "synthetic"):
+        from fractions import Fraction
+
+        import numpy as np
+
+        from t2l.atlas.folder import AtlasData, AtlasLayer
+        from t2l.video_read import VideoInfo
+
+        T, H, W, SQ, PAD = self.T, self.H, self.W, self.SQ, self.PAD
+        rng = np.random.default_rng(0)
+        bg = rng.integers(0, 200, (H, W, 3), dtype=np.uint8)
+        obj = np.zeros((16, 16, 3), np.uint8)
+        obj[PAD : PAD + SQ, PAD : PAD + SQ] = rng.integers(100, 255, (SQ, SQ, 3), dtype=np.uint8)
+        yy, xx = np.mgrid[0:H, 0:W].astype(np.float32) + 0.5  # pixel centres
+        frames, uv_fg, alpha = [], [], []
+        for t in range(T):
+            x, y = self.position(t)
+            f = bg.copy()
+            f[y : y + SQ, x : x + SQ] = obj[PAD : PAD + SQ, PAD : PAD + SQ]
+            frames.append(f)
+            uv_fg.append(np.stack([xx - x + PAD, yy - y + PAD], -1))
+            a = np.zeros((H, W), np.float32)
+            a[y : y + SQ, x : x + SQ] = 1.0
+            alpha.append(a)
+        uv_bg = np.broadcast_to(np.stack([xx / 32 - 1, yy / 32 - 1], -1), (T, H, W, 2)).astype(np.float32)
+        tex_bg = np.concatenate([bg, np.full((H, W, 1), 255, np.uint8)], -1)
+        tex_fg = np.concatenate([obj, np.zeros((16, 16, 1), np.uint8)], -1)
+        tex_fg[PAD : PAD + SQ, PAD : PAD + SQ, 3] = 255
+        frames = np.stack(frames)
+        info = VideoInfo(
+            path=source_path,
+            width=W * scale,
+            height=H * scale,
+            fps=Fraction(10),
+            rotation=0,
+            timestamps=tuple(t / 10 for t in range(T)),
+            is_folder=True,
+            frame_indices=tuple(range(T)),
+        )
+        return AtlasData(
+            frames=frames,
+            info=info,
+            layers=[
+                AtlasLayer("bg", uv_bg, tex_bg, (32, 32, 32, 32)),
+                AtlasLayer("fg", np.stack(uv_fg).astype(np.float32), tex_fg, (1, 0, 1, 0)),
+            ],
+            alpha=np.stack(alpha),
+            reconstruction=frames.copy(),
+            psnr=[40.0 + t for t in range(T)],
+            masks=np.stack(alpha) > 0.5,
+            flow=None,
+            model_state=None,
+            meta={"preset": "test"},
+        )
+
+    def fg_patch_edit(self):
+        """Transparent 16x16 fg edit with an opaque red 4x4 patch at atlas pixels [4, 8)."""
+        import numpy as np
+
+        e = np.zeros((16, 16, 4), np.uint8)
+        e[..., :3] = (0, 255, 0)  # colour under alpha 0 must never show
+        e[4:8, 4:8] = (*self.RED, 255)
+        return e
+
+
+@pytest.fixture
+def square_atlas() -> SquareAtlas:
+    """The moving-square atlas builder: square_atlas.build(), .position(t), .T/.H/.W, .fg_patch_edit()."""
+    return SquareAtlas()
+
+
+def _nla_mlp_state(inputs, outputs, layers, freqs, skips, width=32, seed=0):
+    """State dict of NLA's IMLP written from the documented shapes only (hidden.{i}.weight/bias)."""
+    import math
+
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    enc = 2 * inputs * freqs if freqs else inputs
+    state = {}
+    for i in range(layers):
+        fan_in = enc if i == 0 else width + (enc if i in skips else 0)
+        fan_out = outputs if i == layers - 1 else width
+        state[f"hidden.{i}.weight"] = torch.randn(fan_out, fan_in, generator=g) / math.sqrt(fan_in)
+        state[f"hidden.{i}.bias"] = torch.randn(fan_out, generator=g) * 0.1
+    return state
+
+
+def _write_nla_checkpoint(path, width=32) -> dict:
+    """A random NLA checkpoint of the documented shapes and keys, saved to `path`; returns it."""
+    import torch
+
+    from t2l.atlas.nla import NLA_DEFAULTS
+
+    keys = {"fg_mapping": "model_F_mapping1_state_dict", "bg_mapping": "model_F_mapping2_state_dict"}
+    keys |= {"atlas": "F_atlas_state_dict", "alpha": "model_F_alpha_state_dict"}
+    ckpt = {
+        key: _nla_mlp_state(*NLA_DEFAULTS[name], width=width, seed=i)
+        for i, (name, key) in enumerate(keys.items())
+    }
+    ckpt["iteration"] = 1234
+    ckpt["optimizer_all_state_dict"] = {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]}
+    torch.save(ckpt, path)
+    return ckpt
+
+
+@pytest.fixture
+def nla_checkpoint():
+    """write(path, width=32) -> dict: saves a random NLA checkpoint (documented shapes) to path."""
+    return _write_nla_checkpoint
+
+
+@pytest.fixture
+def nla_mlp_state():
+    """state(inputs, outputs, layers, freqs, skips, width=32, seed=0) -> one IMLP's random state dict."""
+    return _nla_mlp_state
+
+
+@pytest.fixture
+def tiny_clip_cfg():
+    """A fresh copy of the tiny CLIP's open_clip config (vision_cfg, text_cfg, ...)."""
+    import copy
+
+    return copy.deepcopy(TINY_CLIP_CFG)
+
+
+@pytest.fixture(scope="session")
+def examples_dir():
+    """The repository's examples/ folder, wherever pytest is started from."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent / "examples"

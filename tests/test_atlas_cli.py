@@ -164,15 +164,13 @@ def test_interrupt_then_resume(clip_dir, fitted, tmp_path, monkeypatch):
     assert r.exit_code == 1 and "fitted on 6 frames" in r.stderr
 
 
-def test_from_nla(tmp_path):
-    from test_nla_import import _checkpoint  # the documented-shape random NLA checkpoint of C1's tests
-
+def test_from_nla(tmp_path, nla_checkpoint):
     from t2l.video_write import write_png_sequence
 
     frames = tmp_path / "frames"
     write_png_sequence(frames, np.random.default_rng(0).integers(0, 255, (3, 12, 16, 3), dtype=np.uint8))
     ckpt = tmp_path / "nla.pth"
-    _checkpoint(ckpt)
+    nla_checkpoint(ckpt)
     out = tmp_path / "imported"
     r = runner.invoke(app, ["atlas", str(frames), "-o", str(out), "--from-nla", str(ckpt), "--json"])
     _ok(r)

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from test_render import H, T, W, translating_square_atlas
 
 from t2l.atlas.folder import FORMAT_VERSION, load_atlas, save_atlas
 from t2l.atlas.previews import write_previews
@@ -15,14 +14,15 @@ from t2l.video_read import read_video
 
 
 @pytest.fixture
-def saved(tmp_path):
-    data = translating_square_atlas()
+def saved(tmp_path, square_atlas):
+    sq = square_atlas
+    data = sq.build()
     rng = np.random.default_rng(0)
     data.flow = {
-        "forward": rng.normal(size=(T - 1, H, W, 2)).astype(np.float16),
-        "backward": rng.normal(size=(T - 1, H, W, 2)).astype(np.float16),
-        "forward_valid": rng.random((T - 1, H, W)) > 0.5,
-        "backward_valid": rng.random((T - 1, H, W)) > 0.5,
+        "forward": rng.normal(size=(sq.T - 1, sq.H, sq.W, 2)).astype(np.float16),
+        "backward": rng.normal(size=(sq.T - 1, sq.H, sq.W, 2)).astype(np.float16),
+        "forward_valid": rng.random((sq.T - 1, sq.H, sq.W)) > 0.5,
+        "backward_valid": rng.random((sq.T - 1, sq.H, sq.W)) > 0.5,
     }
     import torch
 
@@ -33,7 +33,8 @@ def saved(tmp_path):
     return folder, data
 
 
-def test_round_trip(saved):
+def test_round_trip(saved, square_atlas):
+    sq = square_atlas
     folder, data = saved
     back = load_atlas(folder)
     np.testing.assert_array_equal(back.frames, data.frames)
@@ -54,14 +55,15 @@ def test_round_trip(saved):
     assert back.info == data.info
     np.testing.assert_array_equal(back.reconstruction, data.reconstruction)
     light = load_atlas(folder, with_frames=False)
-    assert light.frames.shape == (0, H, W, 3) and light.layers[1].uv.shape == (T, H, W, 2)
+    assert light.frames.shape == (0, sq.H, sq.W, 3) and light.layers[1].uv.shape == (sq.T, sq.H, sq.W, 2)
 
 
-def test_folder_layout_and_index(saved):
+def test_folder_layout_and_index(saved, square_atlas):
+    sq = square_atlas
     folder, _ = saved
     index = json.loads((folder / "atlas.json").read_text())
     assert index["format_version"] == FORMAT_VERSION
-    assert (index["frames"], index["width"], index["height"], index["fps"]) == (T, W, H, "10/1")
+    assert (index["frames"], index["width"], index["height"], index["fps"]) == (sq.T, sq.W, sq.H, "10/1")
     assert [lay["texture"] for lay in index["layers"]] == ["layers/bg/atlas.png", "layers/fg/atlas.png"]
     assert index["layers"][1]["texture_width"] == 16
     for rel in (
@@ -78,7 +80,7 @@ def test_folder_layout_and_index(saved):
     assert json.loads((folder / "metrics.json").read_text())["psnr_mean"] == pytest.approx(41.5)
     for name in ("reconstruction.mp4", "checkerboard.mp4"):
         frames, info = read_video(folder / name)
-        assert frames.shape == (T, H, W, 3) and info.fps == 10
+        assert frames.shape == (sq.T, sq.H, sq.W, 3) and info.fps == 10
     assert not list(folder.rglob(".*tmp*"))
 
 
@@ -95,14 +97,15 @@ def test_single_layer_rewrite_removes_stale_files(saved):
     assert sorted(p.name for p in (folder / "frames").iterdir()) == ["00000.png", "00001.png"]
 
 
-def test_errors_name_the_file_and_the_fix(saved, tmp_path):
+def test_errors_name_the_file_and_the_fix(saved, tmp_path, square_atlas):
+    sq = square_atlas
     folder, _ = saved
     with pytest.raises(InputError, match=r"not an atlas folder.*t2l atlas"):
         load_atlas(tmp_path)
     (folder / "layers" / "fg" / "uv.npy").rename(folder / "uv.bak")
     with pytest.raises(InputError, match=r"missing: .*layers/fg/uv.npy; re-run: t2l atlas"):
         load_atlas(folder)
-    np.save(folder / "layers" / "fg" / "uv.npy", np.zeros((T, H, W - 1, 2), np.float32))
+    np.save(folder / "layers" / "fg" / "uv.npy", np.zeros((sq.T, sq.H, sq.W - 1, 2), np.float32))
     with pytest.raises(InputError, match=r"uv.npy has shape \[4, 48, 63, 2\], expected \[4, 48, 64, 2\]"):
         load_atlas(folder)
     (folder / "uv.bak").rename(folder / "layers" / "fg" / "uv.npy")
@@ -117,22 +120,24 @@ def test_errors_name_the_file_and_the_fix(saved, tmp_path):
         load_atlas(folder)
 
 
-def test_save_rejects_inconsistent_data(tmp_path):
-    data = translating_square_atlas()
+def test_save_rejects_inconsistent_data(tmp_path, square_atlas):
+    sq = square_atlas
+    data = sq.build()
     data.alpha = data.alpha[:, :10]
     with pytest.raises(InputError, match="alpha is"):
         save_atlas(tmp_path / "x", data)
 
 
-def test_model_state_loads_arrays_but_never_arbitrary_pickles(saved, tmp_path):
+def test_model_state_loads_arrays_but_never_arbitrary_pickles(saved, tmp_path, square_atlas):
     """model.pt of a fit (tensors, plain values, numpy packed masks) loads; a foreign pickle is refused."""
+    sq = square_atlas
     import torch
 
     folder, _ = saved
     state = {
         "model": {"w": torch.ones(2)},
         "run": {"size": 64},
-        "masks": np.packbits(np.ones((T, H, W), bool)),
+        "masks": np.packbits(np.ones((sq.T, sq.H, sq.W), bool)),
     }
     torch.save(state, folder / "model.pt")
     back = load_atlas(folder, with_frames=False)
@@ -150,13 +155,14 @@ def test_model_state_loads_arrays_but_never_arbitrary_pickles(saved, tmp_path):
     assert not marker.exists()
 
 
-def test_stride_divides_the_rate_of_every_written_video(tmp_path):
+def test_stride_divides_the_rate_of_every_written_video(tmp_path, square_atlas):
     """Frames taken every 3rd source frame of a 30 fps clip play at 10 fps (same duration as the source)."""
+    sq = square_atlas
     from dataclasses import replace
     from fractions import Fraction
 
-    data = translating_square_atlas()
-    data.info = replace(data.info, fps=Fraction(30), frame_indices=tuple(range(1, 1 + 3 * T, 3)))
+    data = sq.build()
+    data.info = replace(data.info, fps=Fraction(30), frame_indices=tuple(range(1, 1 + 3 * sq.T, 3)))
     save_atlas(tmp_path / "a", data)
     write_previews(tmp_path / "a", data)
     assert json.loads((tmp_path / "a" / "atlas.json").read_text())["fps"] == "10/1"
@@ -164,12 +170,13 @@ def test_stride_divides_the_rate_of_every_written_video(tmp_path):
         assert read_video(tmp_path / "a" / name)[1].fps == 10
 
 
-def test_a_failing_encoder_costs_the_previews_not_the_atlas(tmp_path, monkeypatch):
+def test_a_failing_encoder_costs_the_previews_not_the_atlas(tmp_path, monkeypatch, square_atlas):
     """save_atlas writes data only; previews come after, and their failure is a note, not a lost folder."""
+    sq = square_atlas
     from t2l.atlas import previews
     from t2l.errors import InputError
 
-    data = translating_square_atlas()
+    data = sq.build()
     folder = tmp_path / "a"
     (folder).mkdir()
     (folder / "checkerboard.mp4").write_bytes(b"stale preview of an earlier fit")

@@ -30,8 +30,8 @@ def clip():
 
 
 @pytest.fixture(scope="module")
-def cat():
-    img = Image.open("examples/chelsea.png").convert("RGB")
+def cat(examples_dir):
+    img = Image.open(examples_dir / "chelsea.png").convert("RGB")
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255  # 1, 3, H, W
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -15,32 +13,6 @@ from t2l.errors import InputError
 from t2l.video_write import write_png_sequence
 
 T, H, W = 3, 12, 16
-
-
-def _mlp_state(inputs, outputs, layers, freqs, skips, width=32, seed=0):
-    """State dict of NLA's IMLP written from the documented shapes only (hidden.{i}.weight/bias)."""
-    g = torch.Generator().manual_seed(seed)
-    enc = 2 * inputs * freqs if freqs else inputs
-    state = {}
-    for i in range(layers):
-        fan_in = enc if i == 0 else width + (enc if i in skips else 0)
-        fan_out = outputs if i == layers - 1 else width
-        state[f"hidden.{i}.weight"] = torch.randn(fan_out, fan_in, generator=g) / math.sqrt(fan_in)
-        state[f"hidden.{i}.bias"] = torch.randn(fan_out, generator=g) * 0.1
-    return state
-
-
-def _checkpoint(path, width=32):
-    keys = {"fg_mapping": "model_F_mapping1_state_dict", "bg_mapping": "model_F_mapping2_state_dict"}
-    keys |= {"atlas": "F_atlas_state_dict", "alpha": "model_F_alpha_state_dict"}
-    ckpt = {
-        key: _mlp_state(*NLA_DEFAULTS[name], width=width, seed=i)
-        for i, (name, key) in enumerate(keys.items())
-    }
-    ckpt["iteration"] = 1234
-    ckpt["optimizer_all_state_dict"] = {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]}
-    torch.save(ckpt, path)
-    return ckpt
 
 
 def _reference(state, x, freqs, skips):
@@ -68,8 +40,8 @@ def frames_dir(tmp_path):
     return tmp_path / "frames"
 
 
-def test_import_matches_reference_and_round_trips(tmp_path, frames_dir):
-    ckpt = _checkpoint(tmp_path / "checkpoint")
+def test_import_matches_reference_and_round_trips(tmp_path, frames_dir, nla_checkpoint):
+    ckpt = nla_checkpoint(tmp_path / "checkpoint")
     data = import_nla(tmp_path / "checkpoint", frames_dir, tmp_path / "nla.atlas", atlas_size=24)
     assert [lay.name for lay in data.layers] == ["bg", "fg"]
     assert data.meta["iteration"] == 1234 and data.meta["architecture"]["atlas"]["skips"] == [4, 7]
@@ -127,19 +99,19 @@ def test_import_matches_reference_and_round_trips(tmp_path, frames_dir):
     np.testing.assert_array_equal(render_edit(back, blank)[0], back.frames)
 
 
-def test_default_width_is_the_documented_one():
-    state = _mlp_state(*NLA_DEFAULTS["atlas"], width=256)
+def test_default_width_is_the_documented_one(nla_mlp_state):
+    state = nla_mlp_state(*NLA_DEFAULTS["atlas"], width=256)
     spec = infer_spec("atlas", state)
     assert (spec.width, spec.layers, spec.freqs, spec.skips) == (256, 8, 10, (4, 7))
     sizes = {
-        name: sum(v.numel() for v in _mlp_state(*NLA_DEFAULTS[name], width=256).values())
+        name: sum(v.numel() for v in nla_mlp_state(*NLA_DEFAULTS[name], width=256).values())
         for name in NLA_DEFAULTS
     }
     assert sum(sizes.values()) == 1_217_152  # NLA's "1.22 M parameters"
 
 
-def test_shape_mismatch_and_missing_keys(tmp_path, frames_dir):
-    ckpt = _checkpoint(tmp_path / "ckpt")
+def test_shape_mismatch_and_missing_keys(tmp_path, frames_dir, nla_checkpoint):
+    ckpt = nla_checkpoint(tmp_path / "ckpt")
     ckpt["F_atlas_state_dict"]["hidden.7.weight"] = torch.zeros(3, 100)
     torch.save(ckpt, tmp_path / "bad")
     with pytest.raises(
@@ -154,11 +126,11 @@ def test_shape_mismatch_and_missing_keys(tmp_path, frames_dir):
         import_nla(tmp_path / "nope", frames_dir)
 
 
-def test_decoded_frames_with_their_info(tmp_path, frames_dir):
+def test_decoded_frames_with_their_info(tmp_path, frames_dir, nla_checkpoint):
     """The form `t2l atlas --from-nla` uses: frames already decoded (start/stride/size applied)."""
     from t2l.video_read import read_video
 
-    _checkpoint(tmp_path / "checkpoint")
+    nla_checkpoint(tmp_path / "checkpoint")
     frames, info = read_video(frames_dir)
     a = import_nla(tmp_path / "checkpoint", frames, info, atlas_size=16)
     b = import_nla(tmp_path / "checkpoint", frames_dir, atlas_size=16)
@@ -166,13 +138,13 @@ def test_decoded_frames_with_their_info(tmp_path, frames_dir):
     assert a.info == info and a.layer("bg").texture.shape == (16, 16, 4)
 
 
-def test_size_decodes_frames_already_shrunk(tmp_path, monkeypatch):
+def test_size_decodes_frames_already_shrunk(tmp_path, monkeypatch, nla_checkpoint):
     """With `size`, frames are resized as they are decoded: memory follows `size`, not the source."""
     import t2l.video_read as video_read
 
     rng = np.random.default_rng(1)
     write_png_sequence(tmp_path / "big", rng.integers(0, 255, (T, 4 * H, 4 * W, 3), dtype=np.uint8))
-    _checkpoint(tmp_path / "checkpoint")
+    nla_checkpoint(tmp_path / "checkpoint")
     decoded = []
     real = video_read.read_video
 

@@ -119,8 +119,8 @@ def test_heatmap_overlay(clip):
         heatmap_overlay(img, np.zeros((2, 3, 4)))
 
 
-def test_overlay_of_a_real_map(clip):
-    img = Image.open("examples/chelsea.png").convert("RGB").resize((96, 64))
+def test_overlay_of_a_real_map(clip, examples_dir):
+    img = Image.open(examples_dir / "chelsea.png").convert("RGB").resize((96, 64))
     x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
     out = heatmap_overlay(img, clip.relevancy(x, "cat")[0])
     assert out.size == img.size
@@ -135,17 +135,16 @@ def test_works_under_no_grad_and_inference_mode(clip):
         assert torch.allclose(clip.relevancy(x.clone(), "a striped cat"), ref)
 
 
-def test_non_square_native_size_resizes_to_that_grid():
+def test_non_square_native_size_resizes_to_that_grid(tiny_clip_cfg):
     """A CLIP trained at a non-square size (grid 4 x 6): the map is computed on that grid, not n x n."""
     import open_clip
-    from conftest import TINY_CLIP_CFG
 
     from t2l.clip.model import ClipBackbone
 
     torch.manual_seed(5)
-    vision = {**TINY_CLIP_CFG["vision_cfg"], "image_size": [64, 96]}
+    vision = {**tiny_clip_cfg["vision_cfg"], "image_size": [64, 96]}
     model = open_clip.CLIP(
-        embed_dim=32, quick_gelu=True, vision_cfg=vision, text_cfg=TINY_CLIP_CFG["text_cfg"]
+        embed_dim=32, quick_gelu=True, vision_cfg=vision, text_cfg=tiny_clip_cfg["text_cfg"]
     )
     clip = ClipBackbone.from_open_clip(model, "tiny-64x96", "random")
     assert clip.native_grid == (4, 6)

@@ -2,122 +2,54 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from t2l.atlas.folder import AtlasData, AtlasLayer
 from t2l.atlas.render import checkerboard_edit, render_edit, source_frames
 from t2l.errors import InputError
-from t2l.video_read import VideoInfo
-
-T, H, W = 4, 48, 64
-SQ, PAD = 12, 2  # square side (frame px) and its margin inside the 16x16 fg atlas
-X0, Y0, VX, VY = 8, 10, 4, 2  # square's top-left in frame 0 and its motion per frame (px)
-RED = (255, 0, 0)
 
 
-def square_position(t: int) -> tuple[int, int]:
-    return X0 + VX * t, Y0 + VY * t
-
-
-def translating_square_atlas(scale: int = 1, source_path: str = "synthetic") -> AtlasData:
-    """A 2-layer atlas whose mappings are exact: bg is static (uv = pixel), fg uv = pixel - motion.
-
-    bg atlas: the 48x64 background, uv_to_px (32, 32, 32, 32) so uv in [-1, 1).
-    fg atlas: 16x16, uv_to_px (1, 0, 1, 0) so uv is the atlas pixel coordinate itself.
-    """
-    rng = np.random.default_rng(0)
-    bg = rng.integers(0, 200, (H, W, 3), dtype=np.uint8)
-    obj = np.zeros((16, 16, 3), np.uint8)
-    obj[PAD : PAD + SQ, PAD : PAD + SQ] = rng.integers(100, 255, (SQ, SQ, 3), dtype=np.uint8)
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32) + 0.5  # pixel centres
-    frames, uv_fg, alpha = [], [], []
-    for t in range(T):
-        x, y = square_position(t)
-        f = bg.copy()
-        f[y : y + SQ, x : x + SQ] = obj[PAD : PAD + SQ, PAD : PAD + SQ]
-        frames.append(f)
-        uv_fg.append(np.stack([xx - x + PAD, yy - y + PAD], -1))
-        a = np.zeros((H, W), np.float32)
-        a[y : y + SQ, x : x + SQ] = 1.0
-        alpha.append(a)
-    uv_bg = np.broadcast_to(np.stack([xx / 32 - 1, yy / 32 - 1], -1), (T, H, W, 2)).astype(np.float32)
-    tex_bg = np.concatenate([bg, np.full((H, W, 1), 255, np.uint8)], -1)
-    tex_fg = np.concatenate([obj, np.zeros((16, 16, 1), np.uint8)], -1)
-    tex_fg[PAD : PAD + SQ, PAD : PAD + SQ, 3] = 255
-    frames = np.stack(frames)
-    info = VideoInfo(
-        path=source_path,
-        width=W * scale,
-        height=H * scale,
-        fps=Fraction(10),
-        rotation=0,
-        timestamps=tuple(t / 10 for t in range(T)),
-        is_folder=True,
-        frame_indices=tuple(range(T)),
-    )
-    return AtlasData(
-        frames=frames,
-        info=info,
-        layers=[
-            AtlasLayer("bg", uv_bg, tex_bg, (32, 32, 32, 32)),
-            AtlasLayer("fg", np.stack(uv_fg).astype(np.float32), tex_fg, (1, 0, 1, 0)),
-        ],
-        alpha=np.stack(alpha),
-        reconstruction=frames.copy(),
-        psnr=[40.0 + t for t in range(T)],
-        masks=np.stack(alpha) > 0.5,
-        flow=None,
-        model_state=None,
-        meta={"preset": "test"},
-    )
-
-
-def fg_patch_edit() -> np.ndarray:
-    """Transparent 16x16 fg edit with an opaque red 4x4 patch at atlas pixels [4, 8)."""
-    e = np.zeros((16, 16, 4), np.uint8)
-    e[..., :3] = (0, 255, 0)  # colour under alpha 0 must never show
-    e[4:8, 4:8] = (*RED, 255)
-    return e
-
-
-def test_blank_edit_reproduces_frames_exactly():
-    data = translating_square_atlas()
+def test_blank_edit_reproduces_frames_exactly(square_atlas):
+    sq = square_atlas
+    data = sq.build()
     blank = {lay.name: np.zeros((*lay.texture.shape[:2], 4), np.uint8) for lay in data.layers}
     blank["fg"][..., :3] = 255  # colour under zero alpha
     out, layer = render_edit(data, blank)
     np.testing.assert_array_equal(out, data.frames)
-    assert layer.shape == (T, H, W, 4) and not layer[..., 3].any()
+    assert layer.shape == (sq.T, sq.H, sq.W, 4) and not layer[..., 3].any()
     out, _ = render_edit(data, {})
     np.testing.assert_array_equal(out, data.frames)
 
 
-def test_painted_edit_moves_with_the_object():
-    data = translating_square_atlas()
-    out, layer = render_edit(data, {"fg": fg_patch_edit()})
-    for t in range(T):
-        x, y = square_position(t)
-        ys, xs = slice(y + 4 - PAD, y + 8 - PAD), slice(x + 4 - PAD, x + 8 - PAD)
-        assert (out[t, ys, xs] == RED).all(), t
-        assert (layer[t, ys, xs] == (*RED, 255)).all()
+def test_painted_edit_moves_with_the_object(square_atlas):
+    sq = square_atlas
+    data = sq.build()
+    out, layer = render_edit(data, {"fg": sq.fg_patch_edit()})
+    for t in range(sq.T):
+        x, y = sq.position(t)
+        ys, xs = slice(y + 4 - sq.PAD, y + 8 - sq.PAD), slice(x + 4 - sq.PAD, x + 8 - sq.PAD)
+        assert (out[t, ys, xs] == sq.RED).all(), t
+        assert (layer[t, ys, xs] == (*sq.RED, 255)).all()
         # everything else is the original frame, bit for bit (edge pixels of the patch blend)
-        keep = np.ones((H, W), bool)
+        keep = np.ones((sq.H, sq.W), bool)
         keep[ys.start - 1 : ys.stop + 1, xs.start - 1 : xs.stop + 1] = False
         np.testing.assert_array_equal(out[t][keep], data.frames[t][keep])
         assert not layer[t][keep][:, 3].any()
 
 
-def test_bg_edit_is_hidden_behind_the_foreground():
-    data = translating_square_atlas()
-    edit = np.zeros((H, W, 4), np.uint8)
+def test_bg_edit_is_hidden_behind_the_foreground(square_atlas):
+    sq = square_atlas
+    data = sq.build()
+    edit = np.zeros((sq.H, sq.W, 4), np.uint8)
     edit[..., :3], edit[..., 3] = (0, 0, 255), 128  # half-transparent blue over the whole bg atlas
     out, layer = render_edit(data, {"bg": edit})
-    x, y = square_position(2)
-    np.testing.assert_array_equal(out[2, y : y + SQ, x : x + SQ], data.frames[2, y : y + SQ, x : x + SQ])
+    x, y = sq.position(2)
+    np.testing.assert_array_equal(
+        out[2, y : y + sq.SQ, x : x + sq.SQ], data.frames[2, y : y + sq.SQ, x : x + sq.SQ]
+    )
     expect = np.round(
         0.5019608 * np.array([0, 0, 255]) + (1 - 0.5019608) * data.frames[2, 0, 0].astype(float)
     )
@@ -125,39 +57,43 @@ def test_bg_edit_is_hidden_behind_the_foreground():
     assert layer[2, 0, 0, 3] == 128 and layer[2, y + 1, x + 1, 3] == 0
 
 
-def test_source_resolution_from_frame_folder(tmp_path):
+def test_source_resolution_from_frame_folder(tmp_path, square_atlas):
+    sq = square_atlas
     src = tmp_path / "src"
     src.mkdir()
-    data = translating_square_atlas(scale=2, source_path=str(src))
+    data = sq.build(scale=2, source_path=str(src))
     for t, f in enumerate(data.frames):
-        Image.fromarray(f).resize((W * 2, H * 2), Image.NEAREST).save(src / f"{t:03d}.png")
+        Image.fromarray(f).resize((sq.W * 2, sq.H * 2), Image.NEAREST).save(src / f"{t:03d}.png")
     big = np.stack(list(source_frames(data)))
-    assert big.shape == (T, H * 2, W * 2, 3)
-    out, _ = render_edit(data, {"fg": fg_patch_edit()}, frames=big)
-    x, y = square_position(3)
+    assert big.shape == (sq.T, sq.H * 2, sq.W * 2, 3)
+    out, _ = render_edit(data, {"fg": sq.fg_patch_edit()}, frames=big)
+    x, y = sq.position(3)
     ys, xs = slice(2 * (y + 3), 2 * (y + 5)), slice(2 * (x + 3), 2 * (x + 5))
-    assert (out[3, ys, xs] == RED).all()
+    assert (out[3, ys, xs] == sq.RED).all()
     np.testing.assert_array_equal(out[3, :, : 2 * (x - 1)], big[3, :, : 2 * (x - 1)])
 
 
-def test_source_gone_says_use_working(tmp_path):
-    data = translating_square_atlas(scale=2, source_path=str(tmp_path / "gone.mp4"))
+def test_source_gone_says_use_working(tmp_path, square_atlas):
+    sq = square_atlas
+    data = sq.build(scale=2, source_path=str(tmp_path / "gone.mp4"))
     with pytest.raises(InputError, match="resolution working"):
         next(source_frames(data))
 
 
-def test_edit_errors_name_expected_size():
-    data = translating_square_atlas()
+def test_edit_errors_name_expected_size(square_atlas):
+    sq = square_atlas
+    data = sq.build()
     with pytest.raises(InputError, match="expected 16x16"):
         render_edit(data, {"fg": np.zeros((10, 16, 4), np.uint8)})
     with pytest.raises(InputError, match="alpha"):
         render_edit(data, {"fg": np.zeros((16, 16, 3), np.uint8)})
 
 
-def test_checkerboard_covers_the_atlas():
-    lay = translating_square_atlas().layers[0]
+def test_checkerboard_covers_the_atlas(square_atlas):
+    sq = square_atlas
+    lay = sq.build().layers[0]
     cb = checkerboard_edit(lay, cells=8)
-    assert cb.shape == (H, W, 4) and (cb[..., 3] == 255).all()
+    assert cb.shape == (sq.H, sq.W, 4) and (cb[..., 3] == 255).all()
     assert (cb[0, 0, :3] != cb[0, 8, :3]).any() and (cb[0, 0] == cb[0, 7]).all()  # 8 px cells on a 64 px side
 
 
@@ -165,11 +101,12 @@ def test_checkerboard_covers_the_atlas():
 
 
 @pytest.fixture
-def atlas_dir(tmp_path):
+def atlas_dir(tmp_path, square_atlas):
+    sq = square_atlas
     from t2l.atlas.folder import save_atlas
 
     folder = tmp_path / "clip.atlas"
-    save_atlas(folder, translating_square_atlas())
+    save_atlas(folder, sq.build())
     return folder
 
 
@@ -183,24 +120,25 @@ def _run(args):
     return r
 
 
-def test_cli_renders_every_format(atlas_dir, tmp_path):
+def test_cli_renders_every_format(atlas_dir, tmp_path, square_atlas):
+    sq = square_atlas
     import json
 
     from t2l.video_read import read_rgba_video, read_video
 
     (atlas_dir / "edits").mkdir()
-    Image.fromarray(fg_patch_edit()).save(atlas_dir / "edits" / "fg.png")
+    Image.fromarray(sq.fg_patch_edit()).save(atlas_dir / "edits" / "fg.png")
     out = tmp_path / "out" / "edit.mp4"
     args = ["render", str(atlas_dir), "-o", str(out), "--frames", "--json"]
     r = _run([*args, *[a for f in ("mp4", "prores", "webm", "png") for a in ("--format", f)]])
     assert r.exit_code == 0, r.stderr
     result = json.loads(r.stdout)
-    assert result["edits"] == {"fg": str(atlas_dir / "edits" / "fg.png")} and result["frames"] == T
+    assert result["edits"] == {"fg": str(atlas_dir / "edits" / "fg.png")} and result["frames"] == sq.T
     assert set(result["outputs"]) == {"mp4", "prores", "webm", "png"}
-    data = translating_square_atlas()
-    expected, layer = render_edit(data, {"fg": fg_patch_edit()})
+    data = sq.build()
+    expected, layer = render_edit(data, {"fg": sq.fg_patch_edit()})
     video, info = read_video(out)
-    assert video.shape == (T, H, W, 3) and info.fps == 10
+    assert video.shape == (sq.T, sq.H, sq.W, 3) and info.fps == 10
     rgba, _ = read_rgba_video(out.with_suffix(".mov"))
     assert np.abs(rgba[..., 3].astype(int) - layer[..., 3]).max() <= 2
     rgba, _ = read_rgba_video(out.with_suffix(".webm"))
@@ -214,19 +152,29 @@ def test_cli_renders_every_format(atlas_dir, tmp_path):
     assert r.exit_code == 2 and "--overwrite" in r.stderr
     assert (
         _run(
-            ["render", str(atlas_dir), "-o", str(out), "--overwrite", "--bg", str(_blank_png(tmp_path))]
+            [
+                "render",
+                str(atlas_dir),
+                "-o",
+                str(out),
+                "--overwrite",
+                "--bg",
+                str(_blank_png(tmp_path, square_atlas)),
+            ]
         ).exit_code
         == 0
     )
 
 
-def _blank_png(tmp_path):
+def _blank_png(tmp_path, square_atlas):
+    sq = square_atlas
     p = tmp_path / "blank_bg.png"
-    Image.fromarray(np.zeros((H, W, 4), np.uint8)).save(p)
+    Image.fromarray(np.zeros((sq.H, sq.W, 4), np.uint8)).save(p)
     return p
 
 
-def test_cli_errors(atlas_dir, tmp_path):
+def test_cli_errors(atlas_dir, tmp_path, square_atlas):
+    sq = square_atlas
     out = str(tmp_path / "o.mp4")
     r = _run(["render", str(atlas_dir), "-o", out])
     assert r.exit_code == 1 and "no edit to render" in r.stderr
@@ -237,7 +185,7 @@ def test_cli_errors(atlas_dir, tmp_path):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(wrong)
     r = _run(["render", str(atlas_dir), "-o", out, "--fg", str(wrong)])
     assert r.exit_code == 1 and "alpha" in r.stderr
-    Image.fromarray(fg_patch_edit()).save(wrong)
+    Image.fromarray(sq.fg_patch_edit()).save(wrong)
     r = _run(["render", str(atlas_dir), "-o", str(tmp_path / "o.gif"), "--fg", str(wrong)])
     assert r.exit_code == 2 and "cannot tell the format" in r.stderr
     blocker = tmp_path / "file"
