@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -211,12 +212,46 @@ def _t2l(args, **kw) -> subprocess.Popen:
     )
 
 
+class _StderrReader:
+    """Collects a child's stderr in a thread, so waiting on its output never blocks the test."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=lambda: self.lines.extend(iter(proc.stderr.readline, "")))
+        self._thread.daemon = True
+        self._thread.start()
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def rest(self, timeout: float = 60.0) -> str:
+        """Everything the child wrote, once it has closed stderr (exited)."""
+        self._thread.join(timeout)
+        return self.text()
+
+
 def _wait_for(cond, proc, timeout=90.0) -> None:
+    """Poll cond() until true; fail (never hang) if the child exits first or `timeout` seconds pass."""
     t_end = time.monotonic() + timeout
     while not cond():
-        assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < t_end, "timed out"
+        assert proc.poll() is None, f"t2l exited with {proc.returncode} before the condition held"
+        assert time.monotonic() < t_end, f"timed out after {timeout} s"
         time.sleep(0.05)
+
+
+def test_waiting_on_a_stalled_child_times_out_instead_of_hanging():
+    p = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], stderr=subprocess.PIPE, text=True
+    )
+    reader = _StderrReader(p)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(AssertionError, match="timed out after 1.0 s"):
+            _wait_for(lambda: "steps on" in reader.text(), p, timeout=1.0)
+        assert time.monotonic() - t0 < 10
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_image_ctrl_c_checkpoints_and_resumes(files, tmp_path, tiny_clip_args):
@@ -224,9 +259,11 @@ def test_image_ctrl_c_checkpoints_and_resumes(files, tmp_path, tiny_clip_args):
     args = ["image", files / "ok.png", "fire", "--steps", "200", "--size", "64", "--views", "1",
             "--gen-depth", "4", "--gen-width", "8", "--seed", "1", "--save-every", "5", *tiny_clip_args, "-o", out]  # fmt: skip
     p = _t2l(args)
+    reader = _StderrReader(p)
     _wait_for(lambda: (out / "checkpoint.pt").exists(), p)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    p.wait(timeout=60)
+    err = reader.rest()
     assert p.returncode == 130, err
     assert "Traceback" not in err and "--resume" in err
     assert (out / "checkpoint.pt").is_file()
@@ -240,18 +277,13 @@ def test_image_ctrl_c_checkpoints_and_resumes(files, tmp_path, tiny_clip_args):
 def test_atlas_ctrl_c_checkpoints_and_resumes(files, tmp_path):
     out = tmp_path / "a"
     p = _t2l(["atlas", files / "clip.mp4", "-o", out, "--steps", "1000000", "--size", "64", "--seed", "0"])
-    seen = []
-
-    def fitting_started() -> bool:
-        line = p.stderr.readline()
-        seen.append(line)
-        return "steps on" in line
-
-    _wait_for(fitting_started, p)
+    reader = _StderrReader(p)
+    _wait_for(lambda: "steps on" in reader.text(), p)
     time.sleep(0.5)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == 130, "".join(seen) + err
+    p.wait(timeout=60)
+    err = reader.rest()
+    assert p.returncode == 130, err
     assert "Traceback" not in err
     assert (out / "model.pt").is_file() and not (out / "atlas.json").exists()
     from t2l.atlas.folder import load_model_state

@@ -164,3 +164,47 @@ def test_defaults_are_the_papers_and_references_numbers():
     )
     c = CropConfig()
     assert (c.jitter_p, c.jitter, c.flip_p, c.scale, c.crop) == (0.1, 0.1, 0.5, (0.8, 1.2), (0.85, 1.0))
+
+
+@pytest.mark.parametrize(
+    "call, shapes",
+    [
+        (lambda: spherical_distance(torch.rand(4, 8), torch.rand(4, 6)), "(4, 8), (4, 6)"),
+        (lambda: text_distance_loss(torch.rand(4, 8), torch.rand(2, 6)), "(4, 8), (2, 6)"),
+        (lambda: text_distance_loss(torch.rand(4, 8), torch.rand(0, 8)), "(4, 8), (0, 8)"),
+        (lambda: text_distance_loss(torch.rand(8), torch.rand(2, 8)), "(8,), (2, 8)"),
+        (lambda: directional_loss(torch.rand(4, 8), torch.rand(3, 8), torch.rand(2, 8)), "(4, 8), (3, 8)"),
+        (lambda: directional_loss(torch.rand(4, 8), torch.rand(4, 8), torch.rand(2, 5)), "(2, 5)"),
+        (lambda: structure_loss(torch.rand(1, 5, 5), torch.rand(1, 6, 6)), "(1, 5, 5), (1, 6, 6)"),
+        (lambda: structure_loss(torch.rand(1, 5, 4), torch.rand(1, 5, 4)), "(1, 5, 4)"),
+        (lambda: sparsity_terms(torch.rand(1, 4, 8, 8)), "(1, 4, 8, 8)"),
+        (lambda: sparsity_terms(torch.rand(8, 8)), "(8, 8)"),
+        (lambda: bootstrap_loss(torch.rand(1, 1, 8, 8), torch.rand(1, 8, 8)), "(1, 1, 8, 8), (1, 8, 8)"),
+        (
+            lambda: bootstrap_loss(torch.rand(2, 1, 8, 8), torch.rand(1, 1, 8, 8)),
+            "(2, 1, 8, 8), (1, 1, 8, 8)",
+        ),
+        (lambda: composite(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)), "(1, 3, 8, 8), (1, 3, 8, 8)"),
+        (lambda: composite(torch.rand(1, 4, 8, 8), torch.rand(1, 3, 8, 9)), "(1, 4, 8, 8), (1, 3, 8, 9)"),
+        (lambda: composite(torch.rand(2, 4, 8, 8), torch.rand(3, 3, 8, 8)), "(2, 4, 8, 8), (3, 3, 8, 8)"),
+        (lambda: greenscreen(torch.rand(1, 3, 8, 8)), "(1, 3, 8, 8)"),
+    ],
+)
+def test_bad_input_shapes_name_the_expected_and_the_offending_shape(call, shapes):
+    """A wrong tensor fails with the expected layout and the shapes it got, not a silent broadcast."""
+    with pytest.raises(ValueError, match=r"expects .*; got ") as e:
+        call()
+    assert shapes in str(e.value)
+
+
+def test_shape_checks_accept_what_the_training_loop_passes():
+    alpha = torch.rand(2, 1, 8, 8)
+    assert composite(torch.rand(2, 4, 8, 8), torch.rand(1, 3, 8, 8)).shape == (
+        2,
+        3,
+        8,
+        8,
+    )  # shared background
+    assert greenscreen(torch.rand(2, 4, 8, 8)).shape == (2, 3, 8, 8)
+    assert bootstrap_loss(alpha, torch.rand(2, 1, 5, 7)).ndim == 0  # the map may have another size
+    assert spherical_distance(torch.rand(3, 1, 8), torch.rand(1, 4, 8)).shape == (3, 4)  # broadcasting stays
