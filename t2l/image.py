@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +32,8 @@ from t2l.run import (
     TrainingRun,
     clip_identity,
     file_sha256,
-    load_resume_state,
     output_state,  # noqa: F401  (re-exported: t2l.image.output_state)
-    with_steps,
+    prepare_resume,
 )
 from t2l.train import Example, StepEvent, TextBank, TrainConfig, Trainer, encode_view_bank, scaled_to_native
 
@@ -61,11 +60,11 @@ class ImageConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        return f"preset {self.preset}, size {self.size}, {self.train.views.n} views"
+
     @classmethod
     def from_dict(cls, d: dict) -> ImageConfig:
-        t = dict(d["train"])
-        t["weights"] = type(TrainConfig().weights)(**t["weights"])
-        t["views"] = ViewConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in t["views"].items()})
         c = {k: tuple(v) if isinstance(v, list) else v for k, v in d["crop"].items()}
         return cls(
             preset=d["preset"],
@@ -75,7 +74,7 @@ class ImageConfig:
             input_bank=d.get("input_bank", 0),
             generator=GeneratorConfig(**d["generator"]),
             crop=CropConfig(**c),
-            train=TrainConfig(**t),
+            train=TrainConfig.from_dict(d["train"]),
         )
 
 
@@ -180,21 +179,16 @@ class ImageRun(TrainingRun):
         win, except `steps` (the total to reach) and `precision` when given; a checkpoint of another
         input, CLIP model or prompt is refused (t2l/run.py)."""
         t0 = time.perf_counter()
-        notes: list[str] = []
-        state = None
-        if resume:
-            state = load_resume_state(out_dir, image_identity(input_path, clip, prompts), steps)
-            if state is None:
-                notes.append(f"no checkpoint in {out_dir}; starting from step 0")
-        if state is not None:
-            cfg = with_steps(ImageConfig.from_dict(state["config"]), steps)
-            if precision is not None:
-                cfg = replace(cfg, train=replace(cfg.train, precision=precision))
-            seed = int(state["seed"])
-            notes.append(
-                f"resuming {out_dir} from step {state['trainer']['step']}/{cfg.train.steps} "
-                f"(preset {cfg.preset}, size {cfg.size}, {cfg.train.views.n} views: the checkpoint's settings)"
-            )
+        state, cfg, seed, notes = prepare_resume(
+            out_dir,
+            image_identity(input_path, clip, prompts),
+            resume,
+            cfg,
+            seed,
+            ImageConfig.from_dict,
+            steps,
+            precision,
+        )
         image, read_notes = read_image(input_path)
         notes += read_notes
         work = resize_short(image, cfg.size)

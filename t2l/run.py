@@ -129,6 +129,31 @@ def load_resume_state(out_dir: Path, identity: dict, steps: int | None = None) -
     return state
 
 
+def prepare_resume(
+    out_dir: Path, identity: dict, resume: bool, cfg, seed, from_dict, steps=None, precision=None
+) -> tuple[dict | None, object, int | None, list[str]]:
+    """What `prepare` of a run needs for --resume: (state or None, config, seed, notes).
+
+    With `resume` and a checkpoint, the checkpoint's config (rebuilt by `from_dict`) and seed win,
+    except `steps` (the total to reach) and `precision` when given; the identity is checked
+    (load_resume_state). Configs provide describe() for the note.
+    """
+    notes: list[str] = []
+    state = load_resume_state(out_dir, identity, steps) if resume else None
+    if resume and state is None:
+        notes.append(f"no checkpoint in {out_dir}; starting from step 0")
+    if state is not None:
+        cfg = with_steps(from_dict(state["config"]), steps)
+        if precision is not None:
+            cfg = replace(cfg, train=replace(cfg.train, precision=precision))
+        seed = int(state["seed"])
+        notes.append(
+            f"resuming {out_dir} from step {state['trainer']['step']}/{cfg.train.steps} "
+            f"({cfg.describe()}: the checkpoint's settings)"
+        )
+    return state, cfg, seed, notes
+
+
 def with_steps(cfg, steps: int | None):
     """cfg (an ImageConfig / VideoConfig with a .train TrainConfig) with train.steps = steps (None: as is)."""
     return cfg if steps is None else replace(cfg, train=replace(cfg.train, steps=steps))

@@ -73,6 +73,15 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Inverse of to_dict (JSON lists back to tuples)."""
+        tup = lambda m: {k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}  # noqa: E731
+        t = dict(d)
+        t["weights"] = LossWeights(**t["weights"])
+        t["views"] = ViewConfig(**tup(t["views"]))
+        return cls(**t)
+
 
 @dataclass
 class Example:

@@ -25,7 +25,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from t2l.generator import Generator, GeneratorConfig
 from t2l.imageio import save_png, to_uint8
 from t2l.losses import LossWeights
 from t2l.prompts import PromptSet
-from t2l.run import TrainingRun, clip_identity, file_sha256, load_resume_state, with_steps
+from t2l.run import TrainingRun, clip_identity, file_sha256, prepare_resume
 from t2l.train import TextBank, TrainConfig, Trainer, scaled_to_native
 from t2l.video_crops import CropSettings, LayerCrops
 
@@ -85,19 +85,19 @@ class VideoConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        return f"preset {self.preset}, layer {self.layer}, {self.train.views.n} views"
+
     @classmethod
     def from_dict(cls, d: dict) -> VideoConfig:
         tup = lambda m: {k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}  # noqa: E731
-        t = dict(d["train"])
-        t["weights"] = LossWeights(**t["weights"])
-        t["views"] = ViewConfig(**tup(t["views"]))
         return cls(
             preset=d["preset"],
             layer=d["layer"],
             save_every=d["save_every"],
             crops=CropSettings(**tup(d["crops"])),
             generator=GeneratorConfig(**d["generator"]),
-            train=TrainConfig(**t),
+            train=TrainConfig.from_dict(d["train"]),
         )
 
 
@@ -239,20 +239,16 @@ class VideoRun(TrainingRun):
         notes: list[str] = []
         data = data if data is not None else load_atlas(atlas_dir)
         pick_layer([lay.name for lay in data.layers], cfg.layer)
-        state = None
-        if resume:
-            state = load_resume_state(out_dir, video_identity(atlas_dir, cfg.layer, clip, prompts), steps)
-            if state is None:
-                notes.append(f"no checkpoint in {out_dir}; starting from step 0")
-        if state is not None:
-            cfg = with_steps(VideoConfig.from_dict(state["config"]), steps)
-            if precision is not None:
-                cfg = replace(cfg, train=replace(cfg.train, precision=precision))
-            seed = int(state["seed"])
-            notes.append(
-                f"resuming {out_dir} from step {state['trainer']['step']}/{cfg.train.steps} "
-                f"(preset {cfg.preset}, {cfg.train.views.n} views: the checkpoint's settings)"
-            )
+        state, cfg, seed, notes = prepare_resume(
+            out_dir,
+            video_identity(atlas_dir, cfg.layer, clip, prompts),
+            resume,
+            cfg,
+            seed,
+            VideoConfig.from_dict,
+            steps,
+            precision,
+        )
         lay = data.layer(cfg.layer)
         crops = LayerCrops(
             data.frames, lay.uv, lay.texture, lay.uv_to_px, data.alpha, cfg.layer,

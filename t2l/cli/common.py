@@ -74,6 +74,90 @@ JsonOpt = Annotated[
     typer.Option("--json", metavar=FLAG, help="Print one JSON object per result on stdout (for scripts)."),
 ]
 
+# ---- options shared by the editing commands (t2l image, t2l video) -----------------------------
+
+PROMPTS_PANEL, RUN_PANEL = "Prompts", "Run"
+RoiOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--roi",
+        help="Region to edit (e.g. 'the cake'); bootstraps the alpha from CLIP relevancy.",
+        rich_help_panel=PROMPTS_PANEL,
+    ),
+]
+ScreenOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--screen",
+        help="What the edit layer alone shows over a green screen (default: PROMPT).",
+        rich_help_panel=PROMPTS_PANEL,
+    ),
+]
+SrcOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--src",
+        help="What the input shows, for the directional loss (default: the --roi text, or 'photo').",
+        rich_help_panel=PROMPTS_PANEL,
+    ),
+]
+MorePromptOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--prompt",
+        help="Another prompt describing the same edit (repeatable).",
+        rich_help_panel=PROMPTS_PANEL,
+    ),
+]
+PresetOpt = Annotated[
+    str,
+    typer.Option(
+        "--preset", help="auto (paper on GPU, draft on CPU), draft or paper.", rich_help_panel=RUN_PANEL
+    ),
+]
+StepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--steps",
+        help="Total training steps (default: from --preset; on --resume: the checkpoint's).",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+ViewsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--views",
+        help="CLIP views per training item and step (default: from --preset).",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="fp32 (default), or on a CUDA GPU bf16 / tf32; on --resume, changes the checkpoint's.",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        metavar=FLAG,
+        help="Continue an interrupted run from its checkpoint.",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+SaveEveryOpt = Annotated[
+    int,
+    typer.Option(
+        "--save-every", help="Snapshot + checkpoint every N steps (0: off).", rich_help_panel=RUN_PANEL
+    ),
+]
+GenDepthOpt = Annotated[int, typer.Option("--gen-depth", hidden=True)]
+GenWidthOpt = Annotated[int, typer.Option("--gen-width", hidden=True)]
+
+
 DEFAULT_CLIP_MODEL = "ViT-B-32-quickgelu"
 DEFAULT_CLIP_WEIGHTS = "openai"
 

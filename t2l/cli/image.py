@@ -15,12 +15,25 @@ from t2l.cli.app import app
 from t2l.cli.common import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_WEIGHTS,
+    FLAG,
     ClipModelOpt,
     ClipWeightsOpt,
     DeviceOpt,
+    GenDepthOpt,
+    GenWidthOpt,
     JsonOpt,
+    MorePromptOpt,
     OfflineOpt,
+    PrecisionOpt,
+    PresetOpt,
+    ResumeOpt,
+    RoiOpt,
+    SaveEveryOpt,
+    ScreenOpt,
     SeedOpt,
+    SrcOpt,
+    StepsOpt,
+    ViewsOpt,
     download_progress_class,
     emit_json,
     err_console,
@@ -62,62 +75,19 @@ def image(
             metavar="IMAGE... PROMPT", help="One or more input images, then the edit prompt (e.g. 'fire')."
         ),
     ],
-    roi: Annotated[
-        str | None,
-        typer.Option(
-            "--roi",
-            help="Region to edit (e.g. 'the cake'); bootstraps the alpha from CLIP relevancy.",
-            rich_help_panel=_PROMPTS,
-        ),
-    ] = None,
-    screen: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--screen",
-            help="What the edit layer alone shows over a green screen (default: PROMPT).",
-            rich_help_panel=_PROMPTS,
-        ),
-    ] = None,
-    src: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--src",
-            help="What the input shows, for the directional loss (default: the --roi text, or 'photo').",
-            rich_help_panel=_PROMPTS,
-        ),
-    ] = None,
-    more: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--prompt", help="Another prompt describing the same edit (repeatable).", rich_help_panel=_PROMPTS
-        ),
-    ] = None,
-    preset: Annotated[
-        str,
-        typer.Option(
-            "--preset", help="auto (paper on GPU, draft on CPU), draft or paper.", rich_help_panel=_RUN
-        ),
-    ] = "auto",
-    steps: Annotated[
-        int | None,
-        typer.Option(
-            "--steps",
-            help="Total training steps (default: from --preset; on --resume: the checkpoint's).",
-            rich_help_panel=_RUN,
-        ),
-    ] = None,
+    roi: RoiOpt = None,
+    screen: ScreenOpt = None,
+    src: SrcOpt = None,
+    more: MorePromptOpt = None,
+    preset: PresetOpt = "auto",
+    steps: StepsOpt = None,
     size: Annotated[
         int | None,
         typer.Option(
             "--size", help="Working shorter side in px (default: from --preset).", rich_help_panel=_RUN
         ),
     ] = None,
-    views: Annotated[
-        int | None,
-        typer.Option(
-            "--views", help="CLIP views per image and step (default: from --preset).", rich_help_panel=_RUN
-        ),
-    ] = None,
+    views: ViewsOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
     output: Annotated[
@@ -130,43 +100,29 @@ def image(
         ),
     ] = None,
     json_out: JsonOpt = False,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume", help="Continue an interrupted run from its checkpoint.", rich_help_panel=_RUN
-        ),
-    ] = False,
+    resume: ResumeOpt = False,
     overwrite: Annotated[
         bool,
-        typer.Option("--overwrite", help="Redo inputs whose outputs already exist.", rich_help_panel=_RUN),
-    ] = False,
-    save_every: Annotated[
-        int,
         typer.Option(
-            "--save-every", help="Snapshot + checkpoint every N steps (0: off).", rich_help_panel=_RUN
+            "--overwrite", metavar=FLAG, help="Redo inputs whose outputs already exist.", rich_help_panel=_RUN
         ),
-    ] = 0,
+    ] = False,
+    save_every: SaveEveryOpt = 0,
     show_roi: Annotated[
         bool,
         typer.Option(
             "--show-roi",
+            metavar=FLAG,
             help="Write roi.png (needs --roi) and exit without training.",
             rich_help_panel=_PROMPTS,
         ),
     ] = False,
-    precision: Annotated[
-        str | None,
-        typer.Option(
-            "--precision",
-            help="fp32 (default), or on a CUDA GPU bf16 / tf32; on --resume, changes the checkpoint's.",
-            rich_help_panel=_RUN,
-        ),
-    ] = None,
+    precision: PrecisionOpt = None,
     clip_model: ClipModelOpt = DEFAULT_CLIP_MODEL,
     clip_weights: ClipWeightsOpt = DEFAULT_CLIP_WEIGHTS,
     offline: OfflineOpt = False,
-    gen_depth: Annotated[int, typer.Option("--gen-depth", hidden=True)] = 7,
-    gen_width: Annotated[int, typer.Option("--gen-width", hidden=True)] = 128,
+    gen_depth: GenDepthOpt = 7,
+    gen_width: GenWidthOpt = 128,
 ) -> None:
     """Edit images from a text prompt: train a generator per image that outputs an RGBA edit layer.
 

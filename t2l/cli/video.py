@@ -16,12 +16,25 @@ from t2l.cli.app import app
 from t2l.cli.common import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_WEIGHTS,
+    FLAG,
     ClipModelOpt,
     ClipWeightsOpt,
     DeviceOpt,
+    GenDepthOpt,
+    GenWidthOpt,
     JsonOpt,
+    MorePromptOpt,
     OfflineOpt,
+    PrecisionOpt,
+    PresetOpt,
+    ResumeOpt,
+    RoiOpt,
+    SaveEveryOpt,
+    ScreenOpt,
     SeedOpt,
+    SrcOpt,
+    StepsOpt,
+    ViewsOpt,
     download_progress_class,
     emit_json,
     info,
@@ -51,60 +64,17 @@ def video(
         str | None,
         typer.Option(
             "--layer",
-            help="Atlas layer to edit: fg or bg [fg when the atlas has one].",
+            help="Atlas layer to edit: fg or bg (default: fg when the atlas has one, else bg).",
             rich_help_panel=_PROMPTS,
         ),
     ] = None,
-    roi: Annotated[
-        str | None,
-        typer.Option(
-            "--roi",
-            help="Region to edit (e.g. 'car'); bootstraps the alpha from CLIP relevancy.",
-            rich_help_panel=_PROMPTS,
-        ),
-    ] = None,
-    screen: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--screen",
-            help="What the edit layer alone shows over a green screen (default: PROMPT).",
-            rich_help_panel=_PROMPTS,
-        ),
-    ] = None,
-    src: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--src",
-            help="What the video shows, for the directional loss (default: the --roi text, or 'photo').",
-            rich_help_panel=_PROMPTS,
-        ),
-    ] = None,
-    more: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--prompt", help="Another prompt describing the same edit (repeatable).", rich_help_panel=_PROMPTS
-        ),
-    ] = None,
-    preset: Annotated[
-        str,
-        typer.Option(
-            "--preset", help="auto (paper on GPU, draft on CPU), draft or paper.", rich_help_panel=_RUN
-        ),
-    ] = "auto",
-    steps: Annotated[
-        int | None,
-        typer.Option(
-            "--steps",
-            help="Total training steps (default: from --preset; on --resume: the checkpoint's).",
-            rich_help_panel=_RUN,
-        ),
-    ] = None,
-    views: Annotated[
-        int | None,
-        typer.Option(
-            "--views", help="CLIP views per item and step (default: from --preset).", rich_help_panel=_RUN
-        ),
-    ] = None,
+    roi: RoiOpt = None,
+    screen: ScreenOpt = None,
+    src: SrcOpt = None,
+    more: MorePromptOpt = None,
+    preset: PresetOpt = "auto",
+    steps: StepsOpt = None,
+    views: ViewsOpt = None,
     bootstrap_steps: Annotated[
         int,
         typer.Option(
@@ -115,37 +85,25 @@ def video(
     ] = 0,
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
-    precision: Annotated[
-        str | None,
-        typer.Option(
-            "--precision",
-            help="fp32 (default), or on a CUDA GPU bf16 / tf32; on --resume, changes the checkpoint's.",
-            rich_help_panel=_RUN,
-        ),
-    ] = None,
+    precision: PrecisionOpt = None,
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Run folder [ATLAS/runs/<layer>-<prompt>].", rich_help_panel=_OUT
+            "--output", "-o", help="Run folder (default: ATLAS/runs/<layer>-<prompt>).", rich_help_panel=_OUT
         ),
     ] = None,
     json_out: JsonOpt = False,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume", help="Continue an interrupted run from its checkpoint.", rich_help_panel=_RUN
-        ),
-    ] = False,
+    resume: ResumeOpt = False,
     overwrite: Annotated[
         bool,
-        typer.Option("--overwrite", help="Replace an existing run in the run folder.", rich_help_panel=_RUN),
-    ] = False,
-    save_every: Annotated[
-        int,
         typer.Option(
-            "--save-every", help="Snapshot + checkpoint every N steps (0: off).", rich_help_panel=_RUN
+            "--overwrite",
+            metavar=FLAG,
+            help="Replace an existing run in the run folder.",
+            rich_help_panel=_RUN,
         ),
-    ] = 0,
+    ] = False,
+    save_every: SaveEveryOpt = 0,
     formats: Annotated[
         list[str] | None,
         typer.Option(
@@ -173,6 +131,7 @@ def video(
         bool,
         typer.Option(
             "--no-copy",
+            metavar=FLAG,
             help="Do not copy edit.png to ATLAS/edits/<layer>.png (what t2l render ATLAS uses).",
             rich_help_panel=_OUT,
         ),
@@ -180,13 +139,12 @@ def video(
     clip_model: ClipModelOpt = DEFAULT_CLIP_MODEL,
     clip_weights: ClipWeightsOpt = DEFAULT_CLIP_WEIGHTS,
     offline: OfflineOpt = False,
-    gen_depth: Annotated[int, typer.Option("--gen-depth", hidden=True)] = 7,
-    gen_width: Annotated[int, typer.Option("--gen-width", hidden=True)] = 128,
+    gen_depth: GenDepthOpt = 7,
+    gen_width: GenWidthOpt = 128,
 ) -> None:
     """Edit one layer of a video from a text prompt: train a generator on the layer's atlas.
 
-    Writes edit.png (the RGBA atlas edit), video.mp4 (the edited video over the original frames), the
-    edit layer as RGBA PNG frames, greenscreen.mp4, generator.pt and run.json (with a consistency report).
+    Writes edit.png (the RGBA atlas edit), video.mp4 (the edited video over the original frames), the edit layer as RGBA PNG frames, greenscreen.mp4, generator.pt and run.json (with a consistency report).
     Example: t2l video car.atlas "rusty car" --layer fg --roi car
     """
     from t2l.prompts import make_prompts
@@ -263,23 +221,10 @@ def video(
     from t2l.clip.model import load_clip
 
     clip = load_clip(ClipSpec(clip_model, clip_weights, offline), dev, download_progress_class())
+    render = {"formats": fmts, "resolution": resolution, "crf": crf, "copy_edit": not no_copy}
     with output_dir(out):
         summary = _train(
-            atlas_dir,
-            data,
-            prompts,
-            cfg,
-            clip,
-            dev,
-            out,
-            seed,
-            resume,
-            steps,
-            precision,
-            fmts,
-            resolution,
-            crf,
-            not no_copy,
+            atlas_dir, data, prompts, cfg, clip, dev, out, seed, resume, (steps, precision), render
         )
     if json_out:
         emit_json(summary)
@@ -339,26 +284,12 @@ def _clear_run(out: Path) -> None:
             shutil.rmtree(out / d)
 
 
-def _train(
-    atlas_dir,
-    data,
-    prompts,
-    cfg,
-    clip,
-    dev,
-    out,
-    seed,
-    resume,
-    steps,
-    precision,
-    fmts,
-    resolution,
-    crf,
-    copy_edit,
-) -> dict:
+def _train(atlas_dir, data, prompts, cfg, clip, dev, out, seed, resume, overrides, render) -> dict:
+    """Train and render one run, drawing its progress; returns the JSON summary line."""
     from t2l.consistency import format_report
     from t2l.video import VideoRun
 
+    steps, precision = overrides
     run = VideoRun.prepare(
         atlas_dir,
         prompts,
@@ -381,7 +312,7 @@ def _train(
         for ev in run.events():
             progress.update(task, completed=ev.step, status=f"loss {ev.loss:.3f}")
         task2 = progress.add_task("render", total=len(data.frames), status="", completed=0)
-        for done, _total in run.finish(fmts, resolution, crf, copy_edit):
+        for done, _total in run.finish(**render):
             progress.update(task2, completed=done)
     s = run.summary
     t = s["timings"]
