@@ -12,6 +12,7 @@ import typer
 
 from t2l.cli.app import app
 from t2l.cli.common import (
+    FLAG,
     DeviceOpt,
     JsonOpt,
     SeedOpt,
@@ -64,8 +65,12 @@ def atlas(
     ] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted fit in -o.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing atlas in -o.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", metavar=FLAG, help="Continue an interrupted fit in -o.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", metavar=FLAG, help="Replace an existing atlas in -o.")
+    ] = False,
     from_nla: Annotated[
         Path | None,
         typer.Option(
