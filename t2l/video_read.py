@@ -7,7 +7,7 @@ keeps per-frame timestamps, so variable-frame-rate phone clips survive.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -32,6 +32,22 @@ class VideoInfo:
     timestamps: tuple[float, ...]  # seconds, one per decoded frame (variable-frame-rate safe)
     is_folder: bool
     frame_indices: tuple[int, ...] = ()  # source frame number of each decoded frame (start/stride)
+    header_frames: int | None = None  # frames the container announces (None: it does not say)
+    # source frames that could be decoded, when decoding reached the end of the stream before the
+    # requested frames were read (None: it stopped at max_frames, the rest was not looked at)
+    decoded_frames: int | None = None
+    decode_error: str | None = None  # why decoding stopped early (a damaged or truncated file)
+
+    def short_of_header(self) -> int:
+        """How many announced frames could not be decoded (0 when none are missing or it is unknown).
+
+        A container's count can be an estimate from its duration, so one missing frame is tolerated
+        unless decoding failed.
+        """
+        if self.decoded_frames is None or self.header_frames is None:
+            return 0
+        missing = self.header_frames - self.decoded_frames
+        return missing if missing > (0 if self.decode_error else 1) else 0
 
 
 def read_video(
@@ -40,6 +56,7 @@ def read_video(
     max_frames: int | None = None,
     stride: int = 1,
     long_side: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, VideoInfo]:
     """Decode a video file or a folder of images.
 
@@ -50,6 +67,7 @@ def read_video(
         stride: keep every `stride`-th frame from `start`.
         long_side: if given and smaller than the source's longer side, resize (area filter) so
             max(H, W) == long_side.
+        progress: called with the number of frames kept so far after each kept frame.
 
     Returns:
         frames uint8 [T, H, W, 3] RGB and the VideoInfo of the source.
@@ -63,9 +81,9 @@ def read_video(
     if not path.exists():
         raise InputError(f"video not found: {path}", "check the path")
     if path.is_dir():
-        frames, info = _read_folder(path, start, max_frames, stride, long_side)
+        frames, info = _read_folder(path, start, max_frames, stride, long_side, progress)
     else:
-        frames, info = _read_file(path, start, max_frames, stride, long_side)
+        frames, info = _read_file(path, start, max_frames, stride, long_side, progress)
     if not frames:
         what = "no frames" if start == 0 else f"no frames from frame {start} on"
         raise InputError(f"{path}: {what}", "check the file, or lower --start")
@@ -144,7 +162,7 @@ def _load_image(path: Path) -> np.ndarray:
 
 
 def _read_folder(
-    folder: Path, start: int, max_frames: int | None, stride: int, long_side: int | None
+    folder: Path, start: int, max_frames: int | None, stride: int, long_side: int | None, progress=None
 ) -> tuple[list, VideoInfo]:
     """Frames resized one by one as they are read (memory: working size, not source size)."""
     frames, indices = [], []
@@ -159,6 +177,8 @@ def _read_folder(
         h, w = img.shape[:2]
         frames.append(resize_long_side(img, long_side))
         indices.append(i)
+        if progress is not None:
+            progress(len(frames))
     info = VideoInfo(
         path=str(folder),
         width=w,
@@ -189,15 +209,37 @@ def _open(path: Path):
     return container, stream
 
 
-def _decode(container, stream, path: Path) -> Iterator:
+def _decode(container, stream, path: Path, status: dict | None = None) -> Iterator:
+    """Decoded frames. A decoding error after some frames ends the stream quietly when `status` is
+    given (its "error" says why: a truncated file still gives its first frames); before any frame, or
+    without `status`, it raises InputError."""
     import av
 
+    n = 0
     try:
-        yield from container.decode(stream)
+        for frame in container.decode(stream):
+            n += 1
+            yield frame
     except av.error.FFmpegError as e:
-        raise InputError(
-            f"cannot decode {path}: {e}", "the file looks corrupt; re-export or re-download it"
-        ) from None
+        if status is None or n == 0:
+            raise InputError(
+                f"cannot decode {path}: {e}", "the file looks corrupt; re-export or re-download it"
+            ) from None
+        status["error"] = f"{type(e).__name__} after frame {n - 1}: {e}"
+
+
+def _header_frames(container, stream, fps: Fraction | None) -> int | None:
+    """Frame count the container announces: the stream's own count, else duration x rate."""
+    if stream.frames:
+        return int(stream.frames)
+    duration = None
+    if stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration:
+        duration = container.duration / 1_000_000  # microseconds
+    if duration and fps:
+        return int(round(duration * float(fps)))
+    return None
 
 
 def _rotation(frame) -> int:
@@ -214,7 +256,7 @@ def _to_rgb(frame, rotation: int) -> np.ndarray:
 
 
 def _read_file(
-    path: Path, start: int, max_frames: int | None, stride: int, long_side: int | None
+    path: Path, start: int, max_frames: int | None, stride: int, long_side: int | None, progress=None
 ) -> tuple[list, VideoInfo]:
     """Frames resized one by one as they are decoded (memory: working size, not source size)."""
     container, stream = _open(path)
@@ -223,7 +265,14 @@ def _read_file(
         frames, times, indices = [], [], []
         rotation = 0
         h, w = 0, 0  # source size, after rotation
-        for i, frame in _select(enumerate(_decode(container, stream, path)), start, max_frames, stride):
+        status, seen = {}, [0]
+
+        def counted():
+            for i, frame in enumerate(_decode(container, stream, path, status)):
+                seen[0] = i + 1
+                yield i, frame
+
+        for i, frame in _select(counted(), start, max_frames, stride):
             if not frames:
                 rotation = _rotation(frame)
             rgb = _to_rgb(frame, rotation)
@@ -236,8 +285,12 @@ def _read_file(
             frames.append(resize_long_side(rgb, long_side))
             times.append(frame.time)
             indices.append(i)
+            if progress is not None:
+                progress(len(frames))
+        header = _header_frames(container, stream, Fraction(rate) if rate else None)
     finally:
         container.close()
+    reached_end = max_frames is None or len(frames) < max_frames or bool(status)
     fps = Fraction(rate) if rate else _rate_from_times(times, stride)
     if fps <= 0:
         fps = FOLDER_FPS
@@ -252,6 +305,9 @@ def _read_file(
         timestamps=tuple(times),
         is_folder=False,
         frame_indices=tuple(indices),
+        header_frames=header,
+        decoded_frames=seen[0] if reached_end else None,
+        decode_error=status.get("error"),
     )
     return frames, info
 

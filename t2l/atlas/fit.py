@@ -42,6 +42,7 @@ class FitConfig:
     pairs: int = 2  # consecutive frame pairs per step (2 pairs = 4 frames)
     lr_texture: float = 0.02  # Adam lr of texture colours ([0,1] units)
     lr_mapping: float = 3e-4  # Adam lr of homography corrections and displacement grids (normalised units)
+    lr_gain: float = 1e-3  # Adam lr of the per-frame RGB gain (initialised from the frames)
     grid: tuple[int, int] = (6, 10)  # displacement grid per frame (rows, cols)
     w_rgb: float = 1.0  # squared colour error
     w_grad: float = 0.5  # squared error of image x/y differences
@@ -74,6 +75,7 @@ class FitResult:
     reconstruction: np.ndarray  # T, H, W, 3 uint8
     psnr: list[float]  # per frame, dB
     consistency: dict[str, float] = field(default_factory=dict)  # per layer, mean drift px/frame
+    gain: np.ndarray | None = None  # T, 3 float32 per-frame RGB gain of the reconstruction
 
 
 # ---- losses --------------------------------------------------------------------------------------
@@ -131,7 +133,9 @@ class AtlasFitter:
                 )
             self.model = AtlasModel(mcfg, state["model"]["bg_map.h0"],
                                     state["model"].get("fg_map.h0")).to(self.device)  # fmt: skip
-            self.model.load_state_dict(state["model"])
+            missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+            if unexpected or set(missing) - {"gain"}:  # states from before the gain keep gain 1
+                raise ValueError(f"saved model does not match: missing {missing}, unexpected {unexpected}")
             self.step = int(state["step"])
         else:
             geo = initial_geometry(masks, flows, (H, W), cfg)
@@ -148,10 +152,14 @@ class AtlasFitter:
         ]
         if self.model.layered:
             groups.append({"params": [self.model.fg_texture], "lr": cfg.lr_texture})
+        groups.append({"params": [self.model.gain], "lr": cfg.lr_gain})
         self.base_lr = [g["lr"] for g in groups]  # before loading a state: saved groups carry decayed lrs
         self.opt = torch.optim.Adam(groups, betas=(0.9, 0.99))
         if state is not None and "optimizer" in state:
-            self.opt.load_state_dict(state["optimizer"])
+            try:
+                self.opt.load_state_dict(state["optimizer"])
+            except ValueError:  # a state from before the gain group: the moments restart
+                pass
         # the frame sampler: restored from a saved state, so an interrupted fit resumes exactly
         self.gen = torch.Generator().manual_seed(cfg.seed)
         if state is not None and "sampler" in state:
@@ -249,8 +257,10 @@ class AtlasFitter:
     # -- results ------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def export(self, chunk: int = 4) -> FitResult:
-        """Evaluate every frame: uv per layer, opacity, reconstruction, PSNR, atlas images with coverage."""
+    def export(self, chunk: int = 4, progress=None) -> FitResult:
+        """Evaluate every frame: uv per layer, opacity, reconstruction, PSNR, atlas images with coverage.
+
+        progress: called with (frames done, frames) after each chunk."""
         model = self.model.eval()
         T, H, W = model.cfg.frames, model.cfg.height, model.cfg.width
         names = list(model.mappings())
@@ -278,6 +288,8 @@ class AtlasFitter:
                 ok = (px[:, 0] >= 0) & (px[:, 0] < size[1]) & (px[:, 1] >= 0) & (px[:, 1] < size[0])
                 idx = px[ok, 1] * size[1] + px[ok, 0]
                 cover[n].scatter_reduce_(0, idx, w.reshape(-1)[ok], reduce="amax")
+            if progress is not None:
+                progress(min(T, s + chunk), T)
         layers = []
         for n in names:
             size = self.sizes[n]
@@ -286,7 +298,7 @@ class AtlasFitter:
             rgba = np.concatenate([tex, cov[..., None]], -1)
             layers.append({"name": n, "uv": uvs[n], "texture": (rgba * 255).round().astype(np.uint8),
                            "uv_to_px": grid_uv_to_px(size)})  # fmt: skip
-        result = FitResult(layers, alpha, recon, psnr)
+        result = FitResult(layers, alpha, recon, psnr, gain=model.gain.detach().clamp(min=0).cpu().numpy())
         result.consistency = {
             lay["name"]: drift(lay["uv"], lay["uv_to_px"], self.flows, alpha, lay["name"]) for lay in layers
         }

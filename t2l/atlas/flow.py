@@ -7,6 +7,7 @@ frame. DIS needs no downloaded weights and runs in milliseconds per pair on a CP
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -64,11 +65,13 @@ def consistency(forward: np.ndarray, backward: np.ndarray, max_error: float = 1.
     return (err < max_error) & inside
 
 
-def compute_flows(frames: np.ndarray, cfg: FlowConfig = FlowConfig()) -> dict[str, np.ndarray]:
+def compute_flows(
+    frames: np.ndarray, cfg: FlowConfig = FlowConfig(), progress: Callable[[int, int], None] | None = None
+) -> dict[str, np.ndarray]:
     """Forward and backward flow between consecutive frames, with their trust masks.
 
     Args:
-        frames: T, H, W, 3 uint8 RGB, T >= 2.
+        frames: T, H, W, 3 uint8 RGB, T >= 2. progress: called with (pairs done, pairs) after each pair.
     Returns:
         {"forward": T-1,H,W,2 float32 (t -> t+1), "backward": T-1,H,W,2 float32 (t+1 -> t),
          "forward_valid": T-1,H,W bool, "backward_valid": T-1,H,W bool}
@@ -83,6 +86,8 @@ def compute_flows(frames: np.ndarray, cfg: FlowConfig = FlowConfig()) -> dict[st
         bwd.append(g)
         fval.append(consistency(f, g, cfg.max_error))
         bval.append(consistency(g, f, cfg.max_error))
+        if progress is not None:
+            progress(len(fwd), len(gray) - 1)
     H, W = frames.shape[1:3]
     empty = np.zeros((0, H, W, 2), np.float32)
     return {

@@ -165,25 +165,60 @@ def _fill(acc: np.ndarray, wacc: np.ndarray, default: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def initial_textures(
-    model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor | None, chunk: int = 4
+    model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor | None, chunk: int = 4, gain_passes: int = 1
 ) -> None:
     """Set each atlas to the weighted average of the frame pixels that land on it (and the foreground
-    opacity to the fraction of masked pixels landing there)."""
+    opacity to the fraction of masked pixels landing there), and the per-frame gain.
+
+    The gain is estimated after a first splat as the least-squares ratio frame / reconstruction per
+    channel, then the frames are splatted again divided by it, weighted by min(gain, 1)^2: a black
+    or dimmed (fading) frame adds next to nothing to the atlas and is reconstructed dark.
+    """
+    _splat_textures(model, frames, masks, chunk)
+    for _ in range(gain_passes):
+        model.gain.copy_(_estimate_gain(model, frames, chunk))
+        _splat_textures(model, frames, masks, chunk)
+
+
+@torch.no_grad()
+def _estimate_gain(model: AtlasModel, frames: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Per-frame RGB gain (T, 3) with frame ~ gain * reconstruction (least squares, unsaturated pixels)."""
+    T = len(frames)
+    gains = torch.ones(T, 3)
+    model.gain.fill_(1.0)
+    for s in range(0, T, chunk):
+        t = torch.arange(s, min(T, s + chunk), device=frames.device)
+        rec = model(t)["rgb"].clamp(0, 1)  # B, 3, H, W
+        img = frames[t].permute(0, 3, 1, 2).float() / 255  # B, 3, H, W
+        ok = ((rec > 0.02) & (img < 0.98)).float()
+        num = (ok * img * rec).sum((2, 3))
+        den = (ok * rec * rec).sum((2, 3)).clamp(min=1e-6)
+        gains[s : s + len(t)] = (num / den).clamp(0, 4).cpu()
+    # gain and texture brightness trade off: the typical frame keeps gain 1, the atlas its colours
+    return gains / gains.median(0).values.clamp(min=1e-3)
+
+
+@torch.no_grad()
+def _splat_textures(model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor | None, chunk: int) -> None:
     dev = frames.device
     accs = {name: (np.zeros((tex.shape[1], tex.shape[2] * tex.shape[3])), np.zeros(tex.shape[2] * tex.shape[3]))
             for name, tex in model.textures().items()}  # fmt: skip
     T = len(frames)
+    gain = model.gain.detach().clamp(min=0).cpu().numpy().astype(np.float64)  # T, 3
     for s in range(0, T, chunk):
         t = torch.arange(s, min(T, s + chunk), device=dev)
-        rgb = frames[t].reshape(-1, 3).cpu().numpy() / 255.0  # N, 3
+        n_px = int(np.prod(frames.shape[1:3]))
+        g = np.repeat(gain[s : s + len(t)], n_px, axis=0)  # N, 3
+        rgb = frames[t].reshape(-1, 3).cpu().numpy() / 255.0 / np.maximum(g, 1e-3)  # N, 3
+        gw = np.minimum(g.mean(1), 1.0) ** 2  # N: dim frames count less
         m = masks[t].reshape(-1).cpu().numpy().astype(np.float64) if masks is not None else np.zeros(len(rgb))
         for name, mapping in model.mappings().items():
             uv = mapping(t, model.xy1).reshape(-1, 2).cpu().numpy().astype(np.float64)
             if name == "bg":
-                _splat(uv, rgb, 1 - m + 1e-4, model.cfg.bg_size, *accs[name])
+                _splat(uv, rgb, (1 - m + 1e-4) * gw, model.cfg.bg_size, *accs[name])
             else:  # colour from masked pixels only; the 4th channel averages the mask itself
                 values = np.concatenate([rgb * m[:, None], m[:, None]], 1)
-                _splat(uv, values, np.ones_like(m), model.cfg.fg_size, *accs[name])
+                _splat(uv, values, gw + 1e-6, model.cfg.fg_size, *accs[name])
     for name, tex in model.textures().items():
         acc, wacc = accs[name]
         Ha, Wa = tex.shape[2:]

@@ -8,7 +8,8 @@ from every frame pixel to atlas coordinates:
 h_t is a per-frame homography (a fixed initial estimate from the optical flow times a learnable
 correction) and d_t a coarse per-frame displacement grid, bilinearly upsampled, that absorbs
 parallax and non-rigid motion. The foreground opacity lives in the foreground atlas (a fourth,
-logit channel), so it moves with the object. Reconstruction: alpha * fg + (1 - alpha) * bg.
+logit channel), so it moves with the object. Reconstruction: gain_t * (alpha * fg + (1 - alpha) * bg),
+with a per-frame RGB gain for exposure changes and fades (a black frame is gain 0, not new content).
 
 Coordinates: frame pixels are normalised to [-1, 1] at pixel centres (x_n = (x + 0.5) / W * 2 - 1);
 atlas coordinates uv are grid_sample coordinates with align_corners=False, so atlas-image pixel
@@ -92,6 +93,7 @@ class AtlasModel(nn.Module):
         self.bg_texture = nn.Parameter(torch.full((1, 3, Ha, Wa), 0.5))  # 1, 3, Ha, Wa RGB in [0,1]
         self.bg_map = LayerMapping(bg_h0, cfg.grid)
         self.register_buffer("xy1", frame_grid(cfg.height, cfg.width), persistent=False)
+        self.gain = nn.Parameter(torch.ones(cfg.frames, 3))  # T, 3: per-frame RGB gain (exposure, fades)
         if cfg.fg_size is not None:
             Hf, Wf = cfg.fg_size
             fg = torch.full((1, 4, Hf, Wf), 0.5)
@@ -113,18 +115,19 @@ class AtlasModel(nn.Module):
 
         Returns:
             rgb B,3,H,W in [0,1]; uv_bg B,H,W,2; rgb_bg B,3,H,W; and with two layers uv_fg B,H,W,2,
-            rgb_fg B,3,H,W, alpha B,1,H,W in (0,1).
+            rgb_fg B,3,H,W, alpha B,1,H,W in (0,1). rgb includes the frame's gain; the layers do not.
         """
+        gain = self.gain[t].clamp(min=0)[:, :, None, None]  # B, 3, 1, 1
         out = {"uv_bg": self.bg_map(t, self.xy1)}
         out["rgb_bg"] = self.sample(self.bg_texture, out["uv_bg"]).clamp(0, 1)
         if not self.layered:
-            out["rgb"] = out["rgb_bg"]
+            out["rgb"] = gain * out["rgb_bg"]
             return out
         out["uv_fg"] = self.fg_map(t, self.xy1)
         fg = self.sample(self.fg_texture, out["uv_fg"])
         out["rgb_fg"] = fg[:, :3].clamp(0, 1)
         out["alpha"] = torch.sigmoid(fg[:, 3:4])
-        out["rgb"] = out["alpha"] * out["rgb_fg"] + (1 - out["alpha"]) * out["rgb_bg"]
+        out["rgb"] = gain * (out["alpha"] * out["rgb_fg"] + (1 - out["alpha"]) * out["rgb_bg"])
         return out
 
     def mappings(self) -> dict[str, LayerMapping]:

@@ -30,17 +30,20 @@ import numpy as np
 import torch
 
 from t2l import __version__
+from t2l.atlas.cuts import find_cuts
 from t2l.atlas.fit import AtlasFitter, FitConfig, FitEvent
 from t2l.atlas.flow import FlowConfig, compute_flows
 from t2l.atlas.folder import AtlasData, AtlasLayer, load_model_state, save_atlas
 from t2l.atlas.masks import motion_masks, read_masks
 from t2l.atlas.previews import write_previews
+from t2l.atlas.report import quality_report
 from t2l.errors import InputError, Interrupted, UsageError
 from t2l.files import torch_save_atomic
 from t2l.video_read import read_video
 
 MIN_FRAMES = 3
 RESUME_FIX = "resume the fit to continue"  # the CLI says how (--resume)
+DEFAULT_MAX_FRAMES = 120
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
@@ -68,7 +71,10 @@ PRESET_NAMES = ("auto", *PRESETS)
 class AtlasConfig:
     preset: str = "draft"  # the preset pairs/grid/flow (and default size, steps) came from
     start: int = 0  # first source frame
-    max_frames: int = 120  # frames used at most (all are held in memory at working size)
+    max_frames: int = DEFAULT_MAX_FRAMES  # frames used at most (all are held in memory at working size)
+    # the frame window was asked for explicitly: it must not cross a scene cut (the default one stops
+    # at the first cut instead)
+    window_given: bool = False
     stride: int = 1  # every N-th source frame
     size: int = 432  # working long side, px
     layers: int = 2  # 1 = background only, 2 = foreground + background
@@ -104,7 +110,7 @@ def resolve_config(
     device_type: str = "cpu",
     *,
     start: int = 0,
-    max_frames: int = 120,
+    max_frames: int | None = None,
     stride: int = 1,
     size: int | None = None,
     layers: int = 2,
@@ -114,8 +120,11 @@ def resolve_config(
 ) -> tuple[AtlasConfig, str | None]:
     """Validate values and build an AtlasConfig; `auto` picks quality on CUDA, else draft.
 
-    Returns (config, note about what `auto` chose, or None). A seed is drawn when None.
+    Returns (config, note about what `auto` chose, or None). A seed is drawn when None. max_frames
+    None: DEFAULT_MAX_FRAMES, stopping at the first scene cut; given: a window that must not cross one.
     """
+    window_given = max_frames is not None
+    max_frames = DEFAULT_MAX_FRAMES if max_frames is None else max_frames
     if preset not in PRESET_NAMES:
         raise option_error("preset", f"{preset!r} is unknown", f"use one of {', '.join(PRESET_NAMES)}")
     if layers not in (1, 2):
@@ -139,7 +148,8 @@ def resolve_config(
         preset = "quality" if device_type == "cuda" else "draft"
         note = f"preset {preset} (auto: {'GPU' if device_type == 'cuda' else 'no GPU'})"
     cfg = AtlasConfig(
-        preset=preset, start=start, max_frames=max_frames, stride=stride, size=size or PRESETS[preset].size,
+        preset=preset, start=start, max_frames=max_frames, window_given=window_given, stride=stride,
+        size=size or PRESETS[preset].size,
         layers=layers, masks=str(masks) if masks is not None else None, steps=steps,
         seed=seed if seed is not None else secrets.randbelow(2**31),
     )  # fmt: skip
@@ -166,6 +176,17 @@ class Note:
     """Something the user should hear about (the run goes on)."""
 
     text: str
+    code: str | None = None  # "scene_cut", "truncated", "quality" (a report warning) ...
+    data: dict | None = None  # the values behind it, e.g. {"next_start": 30} for a scene cut
+
+
+class SceneCutError(UsageError):
+    """An explicitly asked frame window crosses a scene cut. first, frames: the shot before the cut;
+    cut: the source frame that starts the next shot."""
+
+    def __init__(self, problem: str, fix: str, first: int, frames: int, cut: int):
+        super().__init__(problem, fix)
+        self.first, self.frames, self.cut = first, frames, cut
 
 
 Event = Phase | Note | FitEvent
@@ -184,6 +205,8 @@ class AtlasRun:
         self.fitter: AtlasFitter | None = None
         self._stage = "prepare"  # prepare -> fit -> write (what a Ctrl-C would lose)
         self._packed = None
+        # called with (phase, done, total or None) during decode, flow and export; set by the caller
+        self.on_progress = None
 
     @classmethod
     def prepare(cls, video: str | Path, out_dir: str | Path, cfg: AtlasConfig, device: str | torch.device = "auto",
@@ -228,13 +251,48 @@ class AtlasRun:
         yield phase("decode")
         t0 = time.perf_counter()
         # One frame more than asked tells whether the clip was cut short, so the user hears about it.
-        frames, vinfo = read_video(self.video, cfg.start, cfg.max_frames + 1, cfg.stride, long_side=cfg.size)
-        if len(frames) > cfg.max_frames:
-            n = cfg.max_frames
+        frames, vinfo = read_video(
+            self.video, cfg.start, cfg.max_frames + 1, cfg.stride, long_side=cfg.size,
+            progress=lambda n: self._tick("decode", n, cfg.max_frames + 1),
+        )  # fmt: skip
+        if vinfo.short_of_header():
+            why = f" (decoding failed: {vinfo.decode_error})" if vinfo.decode_error else ""
+            yield Note(
+                f"{self.video} decodes only {vinfo.decoded_frames} of the {vinfo.header_frames} frames its "
+                f"header announces{why}: the file looks truncated or damaged; fitting what decodes",
+                code="truncated",
+            )
+        more = len(frames) > cfg.max_frames
+        n = min(len(frames), cfg.max_frames)
+        cuts = find_cuts(frames[:n]) if state is None else []  # a resumed fit reads the frames it fitted
+        cut = None
+        if cuts:
+            c, first = cuts[0], vinfo.frame_indices[0]
+            cut = vinfo.frame_indices[c]
+            if cfg.window_given:
+                raise SceneCutError(
+                    f"frames {first}-{vinfo.frame_indices[n - 1]} of {self.video} cross a scene cut at frame {cut}",
+                    f"fit one shot at a time: {c} frames from frame {first}, then from frame {cut}",
+                    first, c, cut,
+                )  # fmt: skip
+            if c < MIN_FRAMES:
+                raise InputError(
+                    f"{self.video} has a scene cut at frame {cut}, {c} frame(s) after frame {first}",
+                    f"fit the shot that starts at frame {cut}",
+                )
+            yield Note(
+                f"scene cut at frame {cut}: fitting frames {first}-{vinfo.frame_indices[c - 1]} (one shot); "
+                f"the next shot starts at frame {cut}",
+                code="scene_cut", data={"next_start": cut},
+            )  # fmt: skip
+            n, more = c, False
+            cfg = self.cfg = dataclasses.replace(cfg, max_frames=c)  # a resume reads exactly these frames
+        if len(frames) > n:
             frames = frames[:n]
             vinfo = dataclasses.replace(
                 vinfo, timestamps=vinfo.timestamps[:n], frame_indices=vinfo.frame_indices[:n]
             )
+        if more:
             yield Note(
                 f"{self.video} has more frames: fitting {n} (raise the frame limit, or pick a start/stride)"
             )
@@ -259,7 +317,11 @@ class AtlasRun:
 
         yield phase("flow")
         t0 = time.perf_counter()
-        flows = compute_flows(frames, FlowConfig(preset=PRESETS[cfg.preset].flow))
+        flows = compute_flows(
+            frames,
+            FlowConfig(preset=PRESETS[cfg.preset].flow),
+            progress=lambda d, t: self._tick("flow", d, t),
+        )
         self.timings["flow_s"] = time.perf_counter() - t0
 
         yield phase("masks")
@@ -346,8 +408,11 @@ class AtlasRun:
 
         yield phase("export")
         t0 = time.perf_counter()
-        res = fitter.export()
+        res = fitter.export(progress=lambda d, t: self._tick("export", d, t))
         self.timings["export_s"] = time.perf_counter() - t0
+        quality = quality_report(res.psnr, res.alpha, fg_masks, vinfo, res.gain)
+        if cut is not None:
+            quality["scene_cut_at"] = cut
         model_state = {
             **fitter.state_dict(),
             "run": cfg.to_dict(),
@@ -372,6 +437,8 @@ class AtlasRun:
                 "device": str(self.device),
                 "timings": {k: round(v, 2) for k, v in self.timings.items()},
                 "drift_px_per_frame": res.consistency,
+                "quality": quality,
+                "gain": [[round(float(x), 4) for x in g] for g in res.gain] if res.gain is not None else None,
                 "t2l_version": __version__,
                 "torch_version": torch.__version__,
             },
@@ -383,13 +450,19 @@ class AtlasRun:
         yield phase("previews")
         for note in write_previews(out, data):
             yield Note(note)
+        for w in quality["warnings"]:
+            yield Note(w["message"], code="quality", data=w)
         self.summary = {
             "atlas": str(out), "frames": T, "width": W, "height": H,
             "layers": [lay["name"] for lay in res.layers],
             "psnr_mean": round(float(np.mean(res.psnr)), 3), "drift_px_per_frame": res.consistency,
-            "steps": cfg.steps, "preset": cfg.preset, "masks": self.mask_source,
+            "steps": cfg.steps, "preset": cfg.preset, "masks": self.mask_source, "quality": quality,
             "seconds": round(time.perf_counter() - t_run, 2),
         }  # fmt: skip
+
+    def _tick(self, phase: str, done: int, total: int | None) -> None:
+        if self.on_progress is not None:
+            self.on_progress(phase, done, total)
 
 
 def _restart(out_dir: Path) -> str:

@@ -24,6 +24,15 @@ from t2l.cli.common import (
 )
 from t2l.errors import InputError, Interrupted, UsageError
 
+# what to do about each quality-report warning (t2l/atlas/report.py), in this command's terms
+_FIXES = {
+    "low_psnr": "fit a shorter window (--max-frames), more --steps, or give --masks DIR for what moves",
+    "empty_fg": "mark the object: --fg-box x0,y0,x1,y1 on the first frame, or --masks DIR",
+    "sparse_fg": "mark the object: --fg-box x0,y0,x1,y1 on the first frame, or --masks DIR",
+    "masks_disagree": "look at masks/ and alpha/ in the atlas folder; give --masks DIR if the masks are wrong",
+    "truncated": "re-download or re-export the file to fit the missing frames",
+}
+
 
 def _flagged(e: UsageError) -> UsageError:
     """The core names config fields (`max_frames 2 is too few`); say the flag (`--max-frames 2 ...`)."""
@@ -41,7 +50,15 @@ def atlas(
         Path, typer.Option("--output", "-o", help="Atlas folder to write.", show_default=False)
     ],
     start: Annotated[int, typer.Option("--start", help="First source frame (0-based).")] = 0,
-    max_frames: Annotated[int, typer.Option("--max-frames", help="Use at most this many frames.")] = 120,
+    max_frames: Annotated[
+        int | None,
+        typer.Option(
+            "--max-frames",
+            help="Use at most this many frames [default: 120, stopping at the first scene cut]. "
+            "A window given explicitly must not cross a cut.",
+            show_default=False,
+        ),
+    ] = None,
     stride: Annotated[int, typer.Option("--stride", help="Use every N-th frame.")] = 1,
     size: Annotated[
         int | None, typer.Option("--size", help="Working long side in px (default: 432 draft, 768 quality).")
@@ -116,37 +133,63 @@ def atlas(
 
 
 def _draw(run, json_out: bool) -> None:
-    """Notes as info lines, phases as a status, the fit as a progress bar; the result's line last."""
+    """Notes as info lines, each phase as a progress bar, report warnings with their fix; the result last."""
     from t2l.atlas.fit import FitEvent
-    from t2l.atlas.run import RESUME_FIX, Note, Phase
+    from t2l.atlas.run import RESUME_FIX, Note, Phase, SceneCutError
 
     cli_fix = {RESUME_FIX: "rerun the same command with --resume to continue"}
-
-    fitting = False
+    warnings = []
     try:
         with make_progress() as progress:
-            task = progress.add_task("decode", total=None, status="")
+            tasks, done = {}, {}  # phase -> task id; task id -> steps done
+
+            def bar(name: str, total=None, completed=0):
+                for tid in tasks.values():  # the previous phases are over: show them complete
+                    progress.update(tid, total=done.get(tid) or 1, completed=done.get(tid) or 1)
+                tasks[name] = progress.add_task(name, total=total, completed=completed, status="")
+
+            def tick(name: str, n: int, total: int | None) -> None:
+                if name in tasks:
+                    progress.update(tasks[name], completed=n, total=total)
+                    done[tasks[name]] = n
+
+            run.on_progress = tick
+            recent = []  # one step sees 2-4 frames: show the mean of the last steps, not one batch
             for ev in run.events():
-                if isinstance(ev, Note):
+                if isinstance(ev, Note) and ev.code == "quality":
+                    warnings.append(ev.data)
+                elif isinstance(ev, Note) and ev.code == "scene_cut":
+                    info(f"{ev.text}: fit it with --start {ev.data['next_start']}")
+                elif isinstance(ev, Note) and ev.code == "truncated":
+                    info(f"warning: {ev.text}; {_FIXES['truncated']}")
+                elif isinstance(ev, Note):
                     info(ev.text)
                 elif isinstance(ev, FitEvent):
-                    progress.update(task, completed=ev.step, status=f"batch PSNR {ev.psnr:5.2f} dB")
+                    recent = [*recent[-19:], ev.psnr]
+                    status = f"PSNR ~{sum(recent) / len(recent):5.2f} dB (last steps)"
+                    progress.update(tasks["fit"], completed=ev.step, status=status)
+                    done[tasks["fit"]] = ev.step
                 elif isinstance(ev, Phase) and ev.name == "fit":
-                    fitting = True
-                    progress.reset(task, total=run.cfg.steps, completed=run.fitter.step, description="fit")
-                elif isinstance(ev, Phase):  # before the fit: the stage; after it: the status
-                    progress.update(task, **({"status": ev.name} if fitting else {"description": ev.name}))
-            progress.update(task, status="")
+                    bar("fit", total=run.cfg.steps, completed=run.fitter.step)
+                elif isinstance(ev, Phase):
+                    bar(ev.name)
+            bar("done")
+            progress.remove_task(tasks.pop("done"))
     except KeyboardInterrupt:  # reached us between two events: the core saves what it can
         e = run.interrupted()
         raise Interrupted(e.problem, cli_fix.get(e.fix, e.fix)) from None
     except Interrupted as e:
         raise Interrupted(e.problem, cli_fix.get(e.fix, e.fix)) from None
+    except SceneCutError as e:
+        fix = f"fit one shot at a time: --start {e.first} --max-frames {e.frames}, then --start {e.cut}"
+        raise UsageError(e.problem, fix) from None
     s = run.summary
+    _print_report(s["quality"], warnings)
     drift = ", ".join(f"{k} {v:.2f}" for k, v in s["drift_px_per_frame"].items())
-    info(
-        f"atlas written to {s['atlas']}: mean PSNR {s['psnr_mean']:.2f} dB (all frames), drift {drift} px/frame"
-    )
+    worst = s["quality"]["worst"][0]
+    info(f"atlas written to {s['atlas']}: mean PSNR {s['psnr_mean']:.2f} dB (all frames; lowest "
+         f"{worst['psnr']:.2f} dB at frame {worst['source_frame']}), drift {drift} px/frame"
+         + (f"; {len(warnings)} warning(s) above" if warnings else ""))  # fmt: skip
     if json_out:
         emit_json(s)
 
@@ -178,3 +221,19 @@ def _import_nla(video, checkpoint, output, cfg, size, dev, json_out) -> None:
         emit_json(
             {"atlas": str(output), "frames": len(data.frames), "layers": [lay.name for lay in data.layers]}
         )
+
+
+def _print_report(q: dict, warnings: list[dict]) -> None:
+    """The quality report in one line on stderr, then each warning with what to do about it."""
+    parts = [f"PSNR mean {q['psnr_mean']:.2f} dB, min {q['psnr_min']:.2f} dB (worst frames "
+             + ", ".join(str(w["source_frame"]) for w in q["worst"]) + ")"]  # fmt: skip
+    if "fg_share" in q:
+        parts.append(f"foreground {100 * q['fg_share']:.1f}% of the pixels")
+    if "mask_iou" in q:
+        parts.append(f"alpha vs masks IoU {q['mask_iou']:.2f}")
+    if "gain_range" in q and (q["gain_range"][0] < 0.9 or q["gain_range"][1] > 1.1):
+        parts.append(f"exposure gain {q['gain_range'][0]:.2f}-{q['gain_range'][1]:.2f}")
+    info("quality: " + "; ".join(parts))
+    for w in warnings:
+        fix = _FIXES.get(w["code"])
+        info(f"warning: {w['message']}" + (f"; {fix}" if fix else ""))

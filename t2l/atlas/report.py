@@ -1,0 +1,119 @@
+"""Quality report of a fitted atlas: the figures a user needs to trust it, and warnings to act on.
+
+PSNR alone hides most failures (an empty foreground layer reconstructs perfectly: the background
+simply keeps the object), so the report also says how much of the video each layer holds, whether
+the fitted opacity still agrees with the masks it was bootstrapped from, and whether the source
+decoded short of what its header announced. It is printed by `t2l atlas` and stored in
+atlas.json `meta.quality`.
+
+Each warning is {"code", "message"}: the message names values (frames, dB, shares), not command-line
+options; the CLI adds the fix in its own terms.
+
+Example:
+    >>> rep = quality_report(psnr, alpha, masks, info)
+    >>> rep["psnr_min"], [w["code"] for w in rep["warnings"]]
+    (27.1, ['empty_fg'])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from t2l.video_read import VideoInfo
+
+LOW_PSNR_DB = 25.0  # a frame below this shows visible errors (ghosts, smear) in the reconstruction
+EMPTY_FG_SHARE = 0.001  # a frame whose foreground holds less than this share of its pixels is empty
+MASK_IOU_MIN = 0.5  # masks and fitted opacity (> 0.5) overlapping less than this disagree
+
+
+def _ranges(frames: list[int]) -> str:
+    """[3, 4, 5, 9] -> "3-5, 9"."""
+    out, start = [], None
+    for i, f in enumerate(frames):
+        if start is None:
+            start = f
+        if i + 1 == len(frames) or frames[i + 1] != f + 1:
+            out.append(str(start) if start == f else f"{start}-{f}")
+            start = None
+    return ", ".join(out)
+
+
+def quality_report(
+    psnr: list[float],
+    alpha: np.ndarray | None,
+    masks: np.ndarray | None,
+    info: VideoInfo | None = None,
+    gain: np.ndarray | None = None,
+) -> dict:
+    """Figures and warnings of a fit.
+
+    Args:
+        psnr: per frame, dB. alpha: T, H, W float in [0, 1] (None: one layer). masks: T, H, W bool
+            used to bootstrap alpha (None: none). info: the source (for frames decoded short of the
+            header). gain: T, 3 per-frame colour gain of the fit (None: not modelled).
+    Returns:
+        a JSON-ready dict: psnr_mean, psnr_min, worst (frame, source_frame, psnr), low_frames,
+        fg_share / bg_share (mean share of frame pixels on each layer), fg_empty_frames,
+        mask_iou (with masks), gain_range, decoded_frames / header_frames, warnings [{code, message}].
+    """
+    p = np.asarray(psnr, np.float64)
+    T = len(p)
+    src = list(info.frame_indices) if info is not None and len(info.frame_indices) == T else list(range(T))
+    order = np.argsort(p)
+    rep: dict = {
+        "psnr_mean": round(float(p.mean()), 2),
+        "psnr_min": round(float(p.min()), 2),
+        "worst": [
+            {"frame": int(i), "source_frame": int(src[i]), "psnr": round(float(p[i]), 2)} for i in order[:3]
+        ],
+    }
+    warnings = []
+    low = [int(i) for i in np.nonzero(p < LOW_PSNR_DB)[0]]
+    rep["low_frames"] = low
+    if low:
+        warnings.append({"code": "low_psnr", "message": (
+            f"the reconstruction is poor in {len(low)} of {T} frames ({_ranges(low)}; worst "
+            f"{p.min():.1f} dB at frame {int(order[0])}): edits will not stick to the content there")})  # fmt: skip
+    if alpha is not None:
+        fg = alpha > 0.5  # T, H, W
+        share = fg.reshape(T, -1).mean(1)  # T
+        rep["fg_share"] = round(float(alpha.mean()), 4)
+        rep["bg_share"] = round(1 - float(alpha.mean()), 4)
+        empty = [int(i) for i in np.nonzero(share < EMPTY_FG_SHARE)[0]]
+        rep["fg_empty_frames"] = empty
+        if len(empty) == T:
+            warnings.append({"code": "empty_fg", "message": (
+                "the foreground layer is empty (the background holds everything): "
+                "a foreground edit will not show in any frame")})  # fmt: skip
+        elif len(empty) > T // 4:
+            warnings.append({"code": "sparse_fg", "message": (
+                f"the foreground layer is empty in {len(empty)} of {T} frames ({_ranges(empty)}): "
+                "a foreground edit will not show there")})  # fmt: skip
+        if masks is not None and masks.any():
+            inter = (fg & masks).reshape(T, -1).sum(1)
+            union = (fg | masks).reshape(T, -1).sum(1)
+            per = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+            rep["mask_iou"] = round(float(per.mean()), 3)
+            if per.mean() < MASK_IOU_MIN and len(empty) < T:
+                bad = [int(i) for i in np.argsort(per)[:3]]
+                warnings.append({"code": "masks_disagree", "message": (
+                    f"the fitted opacity overlaps the masks by only {per.mean():.2f} IoU (worst frames "
+                    f"{', '.join(map(str, bad))}): the foreground drifted from the masks, or the masks "
+                    "are wrong; compare masks/ and alpha/")})  # fmt: skip
+    else:
+        rep["bg_share"] = 1.0
+    if gain is not None:
+        g = np.asarray(gain).mean(-1)
+        rep["gain_range"] = [round(float(g.min()), 3), round(float(g.max()), 3)]
+    if info is not None and not info.is_folder:
+        rep["header_frames"] = info.header_frames
+        rep["decoded_frames"] = info.decoded_frames
+        missing = info.short_of_header()
+        if missing:
+            why = f" (decoding failed: {info.decode_error})" if info.decode_error else ""
+            warnings.append({"code": "truncated", "message": (
+                f"{info.path} decodes only {info.decoded_frames} of the {info.header_frames} frames its "
+                f"header announces{why}: the file looks truncated or damaged, so the last "
+                f"{missing} frames are missing")})  # fmt: skip
+    rep["warnings"] = warnings
+    return rep
