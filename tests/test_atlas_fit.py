@@ -89,7 +89,7 @@ def test_one_layer_fit_and_resume(clip):
     again = AtlasFitter(c.frames, None, flows, FitConfig(steps=14, seed=1), state=state)
     assert again.step == 10
     # the saved optimiser carries decayed rates; the schedule must restart from the configured base rates
-    assert again.base_lr == [cfg.lr_texture, cfg.lr_mapping]
+    assert again.base_lr == [cfg.lr_texture, cfg.lr_mapping, cfg.lr_gain]
     assert again.opt.param_groups[0]["lr"] < 0.5 * cfg.lr_texture
     torch.testing.assert_close(again.model.bg_texture, fitter.model.bg_texture)
     assert [e.step for e in again.run()] == [11, 12, 13, 14]
