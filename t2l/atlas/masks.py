@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from t2l.atlas.separate import residual_masks, textured
 from t2l.errors import InputError
 from t2l.video_read import IMAGE_SUFFIXES, natural_key
 
@@ -29,6 +30,8 @@ class MaskConfig:
     min_area: float = 0.002  # drop blobs smaller than this fraction of the frame
     vote: bool = True  # 3-frame majority vote along the flow
     band_px: int = 8  # boundary band (px) re-decided by colour: camera motion vs the object's own motion
+    texture_gate: bool = True  # (with frames) flow residuals count only where the image has structure
+    median: bool = True  # (with frames) also foreground: what differs from the median background
 
 
 def camera_homography(
@@ -197,6 +200,9 @@ def motion_masks(
     n, H, W = fwd.shape[:3]
     homs = np.stack([camera_homography(fwd[t], fval[t], cfg.ransac_px) for t in range(n)])
     raw = np.zeros((n + 1, H, W), bool)
+    tex = None
+    if frames is not None and cfg.texture_gate:  # flow on a plain wall is noise, not motion
+        tex = np.stack([textured(f) for f in frames])
     for t in range(n + 1):
         pairs = []
         if t < n:
@@ -208,7 +214,7 @@ def motion_masks(
             thr = max(
                 cfg.residual_px, cfg.residual_scale * float(np.median(res[valid])) if valid.any() else 0.0
             )
-            raw[t] |= (res > thr) & valid
+            raw[t] |= (res > thr) & valid & (tex[t] if tex is not None else True)
     masks = np.stack([clean_mask(m, cfg) for m in raw])
     if cfg.vote and n >= 1:
         voted = np.empty_like(masks)
@@ -220,6 +226,10 @@ def motion_masks(
                 votes.append(_warp_mask(masks[t + 1], fwd[t]))
             voted[t] = np.mean(votes, axis=0) > 0.5 if len(votes) == 3 else masks[t]
         masks = np.stack([clean_mask(m, cfg) for m in voted])
+    if frames is not None and cfg.median:
+        res_masks = residual_masks(frames, homs)
+        if res_masks is not None:
+            masks = masks | np.stack([clean_mask(m, cfg) for m in res_masks])
     if frames is not None and cfg.band_px > 0:
         masks = refine_boundaries(frames, masks, flows, homs, cfg)
     return masks, homs

@@ -37,6 +37,7 @@ from t2l.atlas.folder import AtlasData, AtlasLayer, load_model_state, save_atlas
 from t2l.atlas.masks import motion_masks, read_masks
 from t2l.atlas.previews import write_previews
 from t2l.atlas.report import quality_report
+from t2l.atlas.separate import box_masks
 from t2l.errors import InputError, Interrupted, UsageError
 from t2l.files import torch_save_atomic
 from t2l.video_read import read_video
@@ -79,6 +80,9 @@ class AtlasConfig:
     size: int = 432  # working long side, px
     layers: int = 2  # 1 = background only, 2 = foreground + background
     masks: str | None = None  # folder of given foreground masks; None = automatic (two layers)
+    # (x0, y0, x1, y1) source px on the first fitted frame: the object to put in the foreground,
+    # refined by grabCut and carried along the flow (t2l/atlas/separate.py); None = automatic
+    fg_box: tuple[int, int, int, int] | None = None
     steps: int | None = None  # TOTAL steps the fit reaches; None = preset budget / checkpoint's total
     seed: int = 0  # frame order of the optimisation
     checkpoint_every_s: float = 120.0  # model.pt cadence during the fit
@@ -90,12 +94,17 @@ class AtlasConfig:
     def from_dict(cls, d: dict) -> AtlasConfig:
         """Also reads the `run` dict of older model.pt files (unknown keys are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kw = {k: v for k, v in d.items() if k in names}
+        if kw.get("fg_box") is not None:
+            kw["fg_box"] = tuple(int(x) for x in kw["fg_box"])
+        return cls(**kw)
 
     def fit_config(self, frames: int) -> FitConfig:
         p = PRESETS[self.preset]
         steps = self.steps if self.steps is not None else p.steps(frames)
-        return FitConfig(steps=steps, pairs=p.pairs, grid=p.grid, seed=self.seed)
+        # a user's box is the truth, not a bootstrap: its masks weigh fully for the whole fit
+        until = 1.0 if self.fg_box is not None else FitConfig.mask_until
+        return FitConfig(steps=steps, pairs=p.pairs, grid=p.grid, seed=self.seed, mask_until=until)
 
 
 def option_error(option: str, problem: str, fix: str) -> UsageError:
@@ -117,6 +126,7 @@ def resolve_config(
     masks: str | Path | None = None,
     steps: int | None = None,
     seed: int | None = None,
+    fg_box: tuple[int, int, int, int] | None = None,
 ) -> tuple[AtlasConfig, str | None]:
     """Validate values and build an AtlasConfig; `auto` picks quality on CUDA, else draft.
 
@@ -143,6 +153,20 @@ def resolve_config(
         raise option_error("max_frames", f"{max_frames} is too few", f"use at least {MIN_FRAMES}")
     if masks is not None and layers == 1:
         raise UsageError("given masks need two layers", "drop the masks or fit 2 layers")
+    if fg_box is not None:
+        if (
+            len(fg_box) != 4
+            or fg_box[0] < 0
+            or fg_box[1] < 0
+            or fg_box[2] <= fg_box[0]
+            or fg_box[3] <= fg_box[1]
+        ):
+            raise option_error(
+                "fg_box", f"{fg_box} is not a box", "give x0,y0,x1,y1 with x1 > x0 >= 0 and y1 > y0 >= 0"
+            )
+        if masks is not None or layers == 1:
+            raise UsageError("a foreground box needs two layers and no mask folder", "give one of them")
+        fg_box = tuple(int(v) for v in fg_box)
     note = None
     if preset == "auto":
         preset = "quality" if device_type == "cuda" else "draft"
@@ -150,7 +174,7 @@ def resolve_config(
     cfg = AtlasConfig(
         preset=preset, start=start, max_frames=max_frames, window_given=window_given, stride=stride,
         size=size or PRESETS[preset].size,
-        layers=layers, masks=str(masks) if masks is not None else None, steps=steps,
+        layers=layers, masks=str(masks) if masks is not None else None, fg_box=fg_box, steps=steps,
         seed=seed if seed is not None else secrets.randbelow(2**31),
     )  # fmt: skip
     return cfg, note
@@ -332,7 +356,17 @@ class AtlasRun:
                 fg_masks = np.unpackbits(state["masks"], count=T * H * W).reshape(T, H, W).astype(bool)
                 self.mask_source = state.get("mask_source") or state["run"].get("mask_source")
         elif cfg.layers == 2:
-            if cfg.masks:
+            if cfg.fg_box is not None:
+                s = W / vinfo.width if vinfo.width else 1.0  # source px -> working px
+                x0, y0, x1, y1 = (round(v * s) for v in cfg.fg_box)
+                x1, y1 = min(x1, W), min(y1, H)
+                if x1 - x0 < 2 or y1 - y0 < 2:
+                    raise option_error(
+                        "fg_box", f"{cfg.fg_box} lies outside the {vinfo.width}x{vinfo.height} frame",
+                        "give the box in source pixels of the first fitted frame",
+                    )  # fmt: skip
+                fg_masks, self.mask_source = box_masks(frames, flows, (x0, y0, x1, y1)), "box"
+            elif cfg.masks:
                 indices = list(vinfo.frame_indices) or [cfg.start + i * cfg.stride for i in range(T)]
                 fg_masks, self.mask_source = read_masks(cfg.masks, indices, (H, W)), "given"
                 if not fg_masks.any():

@@ -80,6 +80,15 @@ def atlas(
             help="Total optimisation steps the fit reaches (default: the preset's; on --resume the saved total).",
         ),
     ] = None,
+    fg_box: Annotated[
+        str | None,
+        typer.Option(
+            "--fg-box",
+            help="x0,y0,x1,y1: a box around the object on the first fitted frame (source pixels); it is "
+            "refined by grabCut and followed along the flow. Instead of automatic masks.",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
     resume: Annotated[
@@ -115,11 +124,21 @@ def atlas(
         )
     if resume and state == "empty":
         raise UsageError(f"nothing to resume in {output} (no model.pt)", "run without --resume")
+    box = None
+    if fg_box is not None:
+        try:
+            box = tuple(int(v) for v in fg_box.split(","))
+        except ValueError:
+            box = ()
+        if len(box) != 4:
+            raise UsageError(
+                f"--fg-box {fg_box!r} is not x0,y0,x1,y1", "give four integers, e.g. --fg-box 40,30,200,180"
+            )
     dev = resolve_device(device)
     try:
         cfg, note = resolve_config(
             preset, dev.type, start=start, max_frames=max_frames, stride=stride, size=size, layers=layers,
-            masks=masks, steps=steps, seed=seed,
+            masks=masks, steps=steps, seed=seed, fg_box=box,
         )  # fmt: skip
         run = None if from_nla is not None else AtlasRun.prepare(video, output, cfg, dev, resume=resume)
     except UsageError as e:

@@ -1,0 +1,180 @@
+"""Foreground separation without weights: what a background layer cannot explain, and a user's box.
+
+Motion masks (t2l/atlas/masks.py) find pixels whose flow disagrees with the camera. On real footage
+that is not enough: flow is arbitrary on textureless walls (blobs where nothing moves), and a slowly
+moving or briefly still object has almost no flow of its own. Two more cues, both cheap:
+
+- **Median background.** The frames are aligned on the camera motion (chained RANSAC homographies)
+  and the per-pixel temporal median of the aligned frames is the background wherever the object
+  uncovers it at least half of the time. A pixel that differs from it (after the frame's exposure
+  gain, and with a few pixels of slack for registration error: the "envelope" of a 5x5 min/max) is
+  foreground. Plain walls match the median, so they never fire.
+- **Texture gate.** Flow residuals only count where the image has structure (smallest eigenvalue of
+  the structure tensor), i.e. where flow can be trusted at all.
+
+And a hint when automatic separation fails: `box_masks` takes a box on one frame, refines it with
+OpenCV's grabCut (colour models of inside and outside) and carries it along the flow to every other
+frame, re-running grabCut around each carried mask so it follows shape changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SeparationConfig:
+    residual: float = (
+        28.0  # colour difference (0-255, max over channels) from the median that is foreground ...
+    )
+    residual_scale: float = 4.0  # ... and at least this many times the frame's median difference
+    slack_px: int = 2  # registration slack: compare against the median's min/max over (2r+1)^2 px
+    median_frames: int = 31  # frames (evenly spaced) the median is taken over
+    max_atlas_scale: float = 9.0  # skip the median when the aligned frames span more than this x the frame
+    # structure-tensor min eigenvalue (cv2.cornerMinEigenVal, 7x7, its normalised units) below which flow
+    # is ignored: sensor noise of std 2 grey levels gives ~5e-5, real texture 1e-3 (median of a frame)
+    texture: float = 3e-4
+
+
+def textured(frame: np.ndarray, cfg: SeparationConfig = SeparationConfig()) -> np.ndarray:
+    """Where flow can be trusted: H, W, 3 uint8 RGB -> H, W bool (enough structure in a 7x7 window)."""
+    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    return cv2.cornerMinEigenVal(grey, blockSize=7, ksize=3) > cfg.texture
+
+
+def chain_homographies(homs: np.ndarray) -> np.ndarray:
+    """Per-pair camera maps frame t px -> frame t+1 px (T-1, 3, 3) -> frame t px -> frame 0 px (T, 3, 3)."""
+    out = [np.eye(3)]
+    for h in homs:
+        out.append(out[-1] @ np.linalg.inv(h))
+    return np.stack(out)
+
+
+def median_background(
+    frames: np.ndarray, homs: np.ndarray, cfg: SeparationConfig = SeparationConfig()
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The robust background in frame-0 coordinates.
+
+    Returns:
+        (median RGB float32 Ha, Wa, 3; to_ref T, 3, 3 maps frame t px -> median px), or None when the
+        camera moves so far that the aligned frames span more than max_atlas_scale frames.
+    """
+    T, H, W = frames.shape[:3]
+    chain = chain_homographies(homs)
+    corners = np.array([[0, 0, 1], [W, 0, 1], [0, H, 1], [W, H, 1]], np.float64)
+    pts = np.einsum("tij,kj->tki", chain, corners)
+    if (pts[..., 2] <= 1e-6).any():
+        return None
+    xy = pts[..., :2] / pts[..., 2:]
+    x0, y0 = np.floor(xy.reshape(-1, 2).min(0))
+    x1, y1 = np.ceil(xy.reshape(-1, 2).max(0))
+    Wa, Ha = int(x1 - x0), int(y1 - y0)
+    if Wa * Ha > cfg.max_atlas_scale * W * H:
+        return None
+    shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], np.float64)
+    to_ref = np.stack([shift @ g for g in chain])
+    picks = np.unique(np.linspace(0, T - 1, min(T, cfg.median_frames)).round().astype(int))
+    stack = np.full((len(picks), Ha, Wa, 3), np.nan, np.float32)
+    for k, t in enumerate(picks):
+        warped = cv2.warpPerspective(frames[t], to_ref[t], (Wa, Ha), flags=cv2.INTER_LINEAR)
+        cover = cv2.warpPerspective(np.ones((H, W), np.uint8), to_ref[t], (Wa, Ha), flags=cv2.INTER_NEAREST)
+        stack[k][cover > 0] = warped[cover > 0]
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN texels: never covered
+            med = np.nanmedian(stack, axis=0)
+    return np.nan_to_num(med, nan=0.0), to_ref
+
+
+def residual_masks(
+    frames: np.ndarray, homs: np.ndarray, cfg: SeparationConfig = SeparationConfig()
+) -> np.ndarray | None:
+    """Foreground where a frame differs from the median background (T, H, W bool), or None (see
+    median_background). Raw: the caller cleans them (masks.clean_mask)."""
+    got = median_background(frames, homs, cfg)
+    if got is None:
+        return None
+    med, to_ref = got
+    T, H, W = frames.shape[:3]
+    k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * cfg.slack_px + 1,) * 2)
+    out = np.zeros((T, H, W), bool)
+    for t in range(T):
+        # WARP_INVERSE_MAP: bg(p) = med(to_ref p)
+        bg = cv2.warpPerspective(med, to_ref[t], (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        f = frames[t].astype(np.float32)
+        ok = bg.max(-1) > 0
+        if ok.sum() < 100:
+            continue
+        # exposure: the frame's gain against the background, per channel, on the pixels that agree
+        gain = np.median(f[ok] + 1, axis=0) / np.median(bg[ok] + 1, axis=0)
+        bgg = bg * gain
+        lo, hi = cv2.erode(bgg, k), cv2.dilate(bgg, k)
+        diff = np.maximum(np.maximum(lo - f, f - hi), 0).max(-1)  # outside the envelope, max over RGB
+        diff = cv2.GaussianBlur(diff, (5, 5), 0)
+        thr = max(cfg.residual, cfg.residual_scale * float(np.median(diff[ok])))
+        out[t] = (diff > thr) & ok
+    return out
+
+
+def _grabcut(frame: np.ndarray, init: np.ndarray, iters: int = 3) -> np.ndarray:
+    """grabCut from a mask of cv2.GC_* labels; returns H, W bool (definite or probable foreground)."""
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    lab = init.copy()
+    try:
+        cv2.grabCut(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), lab, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:  # one of the two classes is empty
+        return np.isin(init, (cv2.GC_FGD, cv2.GC_PR_FGD))
+    return np.isin(lab, (cv2.GC_FGD, cv2.GC_PR_FGD))
+
+
+def _warp_along(mask: np.ndarray, flow_back: np.ndarray) -> np.ndarray:
+    """Carry a mask of frame t to frame t+1: out(p) = mask(p + flow_{t+1 -> t}(p))."""
+    H, W = mask.shape
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
+    return cv2.remap(mask.astype(np.uint8), xs + flow_back[..., 0], ys + flow_back[..., 1], cv2.INTER_NEAREST,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)  # fmt: skip
+
+
+def box_masks(
+    frames: np.ndarray, flows: dict[str, np.ndarray], box: tuple[int, int, int, int], frame: int = 0,
+    band_px: int = 6,
+) -> np.ndarray:  # fmt: skip
+    """Masks of the object inside `box` on frame `frame`, for every frame.
+
+    Args:
+        frames: T, H, W, 3 uint8 RGB. flows: compute_flows output. box: (x0, y0, x1, y1) frame px at
+            working resolution, x1/y1 exclusive. band_px: the band around a carried mask that grabCut
+            may re-decide in the next frame.
+    Returns:
+        T, H, W bool.
+    """
+    T, H, W = frames.shape[:3]
+    x0, y0, x1, y1 = box
+    init = np.full((H, W), cv2.GC_BGD, np.uint8)
+    init[y0:y1, x0:x1] = cv2.GC_PR_FGD
+    out = np.zeros((T, H, W), bool)
+    out[frame] = _grabcut(frames[frame], init, iters=5)
+    if not out[frame].any():
+        out[frame, y0:y1, x0:x1] = True
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band_px + 1,) * 2)
+
+    def refine(t: int, carried: np.ndarray) -> np.ndarray:
+        if not carried.any():
+            return carried
+        m = carried.astype(np.uint8)
+        lab = np.full((H, W), cv2.GC_BGD, np.uint8)
+        lab[cv2.dilate(m, k) > 0] = cv2.GC_PR_BGD
+        lab[m > 0] = cv2.GC_PR_FGD
+        lab[cv2.erode(m, k) > 0] = cv2.GC_FGD
+        return _grabcut(frames[t], lab, iters=2)
+
+    for t in range(frame + 1, T):  # forward: frame t-1 -> t along the backward flow of pair t-1
+        out[t] = refine(t, _warp_along(out[t - 1], flows["backward"][t - 1]))
+    for t in range(frame - 1, -1, -1):  # backward: frame t+1 -> t along the forward flow of pair t
+        out[t] = refine(t, _warp_along(out[t + 1], flows["forward"][t]))
+    return out

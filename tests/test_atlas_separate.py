@@ -1,0 +1,102 @@
+"""Foreground separation on the cases that broke on real footage: plain walls, still objects, two objects."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from t2l.atlas.flow import compute_flows
+from t2l.atlas.masks import MaskConfig, motion_masks
+from t2l.atlas.separate import box_masks
+from t2l.atlas.synthetic import SyntheticConfig, make_clip
+from t2l.cli import app
+
+runner = CliRunner()
+
+
+def _wall(T=8, H=54, W=96, seed=0) -> np.ndarray:
+    """A plain wall (smooth shading) with fresh sensor noise in every frame; nothing moves."""
+    rng = np.random.default_rng(seed)
+    shade = 110 + 40 * np.linspace(0, 1, W)[None, :, None] + 10 * np.linspace(0, 1, H)[:, None, None]
+    return np.clip(shade + rng.normal(0, 2.5, (T, H, W, 3)), 0, 255).astype(np.uint8)
+
+
+def test_plain_wall_gives_no_mask():
+    frames = _wall()
+    flows = compute_flows(frames)
+    masks, _ = motion_masks(flows, frames=frames)
+    assert masks.mean() < 1e-3
+    # what this guards against: flow residuals on a textureless wall alone do fire
+    old, _ = motion_masks(flows, MaskConfig(texture_gate=False, median=False, vote=False), frames=frames)
+    assert old.mean() > 0.01
+
+
+def _two_objects():
+    """Two copies of an object moving apart (left and right) over the same slowly panning background."""
+    kw = dict(frames=20, height=72, width=128, seed=3, pan=(1.0, 0.0), wobble=0.0, object_size=0.15)
+    a = make_clip(SyntheticConfig(speed=(5.0, 0.0), **kw))
+    b = make_clip(SyntheticConfig(speed=(-5.0, 0.0), **kw))
+    sel = slice(12, 20)  # 8 frames in which they do not overlap
+    frames = np.where(b.masks[sel, ..., None], b.frames[sel], a.frames[sel])
+    return frames, a.masks[sel], b.masks[sel]
+
+
+def test_two_objects_moving_apart_both_separate():
+    frames, ma, mb = _two_objects()
+    flows = compute_flows(frames)
+    masks, _ = motion_masks(flows, frames=frames)
+    for m in (ma, mb):
+        assert (masks & m).sum() / m.sum() > 0.8  # each object is found...
+    assert (masks & ~(ma | mb)).sum() / masks.sum() < 0.2  # ...and little else
+    # Not yet: the fitted opacity keeps only one of them (one homography + a 6x10 grid per frame cannot
+    # follow two objects going apart; docs/atlas.md "Limits"). The masks above are what a fit starts from.
+
+
+@pytest.fixture(scope="module")
+def still_object(tmp_path_factory):
+    """A static camera and an object that never moves: nothing for motion masks to find."""
+    clip = make_clip(SyntheticConfig(frames=6, height=54, width=96, seed=5, pan=(0.0, 0.0), speed=(0.0, 0.0),
+                                     wobble=0.0))  # fmt: skip
+    d = tmp_path_factory.mktemp("still")
+    for i, f in enumerate(clip.frames):
+        Image.fromarray(f).save(d / f"{i:03d}.png")
+    return d, clip
+
+
+def test_box_masks_follow_the_object(still_object):
+    _, clip = still_object
+    ys, xs = np.nonzero(clip.masks[0])
+    box = (xs.min() - 4, ys.min() - 4, xs.max() + 5, ys.max() + 5)
+    masks = box_masks(clip.frames, compute_flows(clip.frames), box)
+    inter, union = (masks & clip.masks).sum(), (masks | clip.masks).sum()
+    assert inter / union > 0.8
+
+
+def test_still_object_with_fg_box_lands_in_the_foreground(still_object, tmp_path):
+    d, clip = still_object
+    ys, xs = np.nonzero(clip.masks[0])
+    box = f"{xs.min() - 4},{ys.min() - 4},{xs.max() + 5},{ys.max() + 5}"
+    out = tmp_path / "a"
+    r = runner.invoke(app, ["atlas", str(d), "-o", str(out), "--fg-box", box, "--steps", "20", "--seed", "0"])
+    assert r.exit_code == 0, r.stderr
+    index = json.loads((out / "atlas.json").read_text())
+    assert index["meta"]["run"]["mask_source"] == "box" and [x["name"] for x in index["layers"]] == [
+        "bg",
+        "fg",
+    ]
+    fg = np.load(out / "alpha.npy") > 0.5
+    assert (fg & clip.masks).sum() / (fg | clip.masks).sum() > 0.7
+    # without the box nothing moves: one layer, and the report would have nothing to put in fg
+    r = runner.invoke(app, ["atlas", str(d), "-o", str(tmp_path / "b"), "--steps", "0", "--seed", "0"])
+    assert r.exit_code == 0 and "no moving object found" in r.stderr
+
+
+@pytest.mark.parametrize("box", ["1,2,3", "a,b,c,d", "10,10,5,20"])
+def test_bad_fg_box_is_a_usage_error(still_object, tmp_path, box):
+    d, _ = still_object
+    r = runner.invoke(app, ["atlas", str(d), "-o", str(tmp_path / "a"), "--fg-box", box])
+    assert r.exit_code == 2 and r.stderr.startswith("error: --fg-box") and "Traceback" not in r.stderr
