@@ -231,6 +231,7 @@ class AtlasRun:
         self._packed = None
         # called with (phase, done, total or None) during decode, flow and export; set by the caller
         self.on_progress = None
+        self.cut_at: int | None = None  # source frame of the scene cut the window stopped at
 
     @classmethod
     def prepare(cls, video: str | Path, out_dir: str | Path, cfg: AtlasConfig, device: str | torch.device = "auto",
@@ -289,10 +290,10 @@ class AtlasRun:
         more = len(frames) > cfg.max_frames
         n = min(len(frames), cfg.max_frames)
         cuts = find_cuts(frames[:n]) if state is None else []  # a resumed fit reads the frames it fitted
-        cut = None
+        cut = self.cut_at = None
         if cuts:
             c, first = cuts[0], vinfo.frame_indices[0]
-            cut = vinfo.frame_indices[c]
+            cut = self.cut_at = vinfo.frame_indices[c]
             if cfg.window_given:
                 raise SceneCutError(
                     f"frames {first}-{vinfo.frame_indices[n - 1]} of {self.video} cross a scene cut at frame {cut}",
@@ -445,8 +446,8 @@ class AtlasRun:
         res = fitter.export(progress=lambda d, t: self._tick("export", d, t))
         self.timings["export_s"] = time.perf_counter() - t0
         quality = quality_report(res.psnr, res.alpha, fg_masks, vinfo, res.gain)
-        if cut is not None:
-            quality["scene_cut_at"] = cut
+        if self.cut_at is not None:
+            quality["scene_cut_at"] = self.cut_at
         model_state = {
             **fitter.state_dict(),
             "run": cfg.to_dict(),
