@@ -35,7 +35,16 @@ from t2l.run import (
     output_state,  # noqa: F401  (re-exported: t2l.image.output_state)
     prepare_resume,
 )
-from t2l.train import Example, StepEvent, TextBank, TrainConfig, Trainer, encode_view_bank, scaled_to_native
+from t2l.train import (
+    Example,
+    StepEvent,
+    TextBank,
+    TrainConfig,
+    Trainer,
+    encode_view_bank,
+    kept_buffers,
+    scaled_to_native,
+)
 
 PRESETS = {
     # the paper's settings (GPU): shorter side 512, 1000 steps, 16 CLIP views
@@ -338,7 +347,8 @@ def render_layer(generator: Generator, x: torch.Tensor, size: tuple[int, int]) -
     """Run `generator` on x [1,3,h,w] (BatchNorm in training mode, as trained) and resize the RGBA to
     size (H0, W0) with resize_rgba. Returns [H0,W0,4] uint8, straight alpha, rounded."""
     generator.train()
-    rgba = generator(x)  # 1, 4, h, w
+    with kept_buffers(generator, always=True):  # a render (snapshot) does not change the training state
+        rgba = generator(x)  # 1, 4, h, w
     return to_uint8(resize_rgba(rgba, size))
 
 

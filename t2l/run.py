@@ -239,6 +239,9 @@ class TrainingRun:
                     self.write_snapshot(ev.step)
                     self.save_checkpoint()
                 yield ev
+            # trained: keep the result safe while the outputs are written (a Ctrl-C or an encoder failure
+            # there resumes straight into finish()); finish() deletes it after run.json
+            self.save_checkpoint()
         except KeyboardInterrupt:
             if self.trainer is None:
                 raise

@@ -165,6 +165,27 @@ def encode_view_bank(
     return torch.cat(out)[:count]
 
 
+class kept_buffers:
+    """Context manager: the module's buffers (BatchNorm running statistics) are restored on exit when the
+    body raises, or always with always=True (renders: a train-mode forward must not change the state).
+    The generator always runs BatchNorm in training mode, so these statistics never change an output;
+    keeping them makes checkpoints and resumed runs bit-equal to uninterrupted ones."""
+
+    def __init__(self, module: torch.nn.Module, always: bool = False):
+        self.module, self.always = module, always
+
+    def __enter__(self):
+        self.saved = [b.detach().clone() for b in self.module.buffers()]
+        return self.module
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.always or exc_type is not None:
+            with torch.no_grad():
+                for b, v in zip(self.module.buffers(), self.saved, strict=True):
+                    b.copy_(v)
+        return False
+
+
 def scaled_to_native(cfg: TrainConfig, native: int) -> TrainConfig:
     """Adapt view and structure sizes (defined for a 224-px CLIP) to the backbone's native size."""
     k = native / 224
@@ -304,12 +325,21 @@ class Trainer:
         return bootstrap_weight(step, cfg.steps, cfg.weights.bootstrap, cfg.anneal_bootstrap)
 
     def train_step(self) -> StepEvent:
-        t0 = time.perf_counter()
+        """One step. If it fails (Ctrl-C, a non-finite loss) the generator's BatchNorm statistics and the
+        RNG are left as before it, so a checkpoint taken then equals one taken after the previous step."""
         self._rng_at_step = self.rng.get_state()
+        with kept_buffers(self.generator):
+            try:
+                return self._step()
+            except BaseException:
+                self.rng.set_state(self._rng_at_step)
+                raise
+
+    def _step(self) -> StepEvent:
+        t0 = time.perf_counter()
         step = self.step
         self.generator.train()  # BatchNorm in training mode, always
         self.opt.zero_grad(set_to_none=True)
-        buffers = [b.clone() for b in self.generator.buffers()]  # BatchNorm statistics (tiny)
         calls = [
             c
             if isinstance(c, GeneratorCall)
@@ -337,10 +367,7 @@ class Trainer:
                 rgba.backward(out.grad)
         values = torch.stack([total, *sums.values()]).tolist()  # the step's one host sync
         total, losses = values[0], dict(zip(sums, values[1:], strict=True))
-        if not math.isfinite(total):  # leave the state as before this step (what gets checkpointed)
-            for b, saved in zip(self.generator.buffers(), buffers, strict=True):
-                b.copy_(saved)
-            self.rng.set_state(self._rng_at_step)
+        if not math.isfinite(total):  # train_step restores the state from before this step
             raise FloatingPointError(f"loss became {total} at step {step + 1}")
         lr = self.lr
         self.opt.step()

@@ -40,7 +40,7 @@ from t2l.imageio import save_png, to_uint8
 from t2l.losses import LossWeights
 from t2l.prompts import PromptSet
 from t2l.run import TrainingRun, clip_identity, file_sha256, prepare_resume
-from t2l.train import TextBank, TrainConfig, Trainer, scaled_to_native
+from t2l.train import TextBank, TrainConfig, Trainer, kept_buffers, scaled_to_native
 from t2l.video_crops import CropSettings, LayerCrops
 
 # The reference's video settings (video-facts.md): structure 3, sparsity 0.1 * (0.005 L0 + 0.01 L1),
@@ -325,11 +325,12 @@ class VideoRun(TrainingRun):
         formats: tuple[str, ...] = ("png",),
         resolution: str = "working",
         crf: int = 18,
-        copy_edit: bool = True,
+        copy_edit: str = "keep",
     ) -> Iterator[tuple[int, int]]:
-        """Write edit.png (and ATLAS/edits/<layer>.png), render video.mp4 + greenscreen.mp4 + the edit layer
-        in `formats`, generator.pt, the consistency report and (last) run.json. Yields (frames done, total)
-        while rendering; self.summary holds run.json's content afterwards."""
+        """Write edit.png, render video.mp4 + greenscreen.mp4 + the edit layer in `formats`, generator.pt,
+        the consistency report, ATLAS/edits/<layer>.png (copy_edit: "keep" = unless a different edit is
+        there, "replace", "no") and (last) run.json. Yields (frames done, total) while rendering;
+        self.summary holds run.json's content afterwards."""
         from t2l.atlas.render import render_edit, render_to_files
         from t2l.consistency import consistency_report
 
@@ -340,9 +341,6 @@ class VideoRun(TrainingRun):
         out, name = self.out_dir, self.cfg.layer
         edit = self.render_edit()
         paths = {"edit": save_png(edit, out / "edit.png")}
-        if copy_edit:
-            dst = self.atlas_dir / "edits" / f"{name}.png"
-            paths["atlas_edit"] = save_png(edit, dst)
         outputs = {"mp4": out / "video.mp4", "greenscreen": out / "greenscreen.mp4"}
         names = {"png": "layer", "prores": "layer.mov", "webm": "layer.webm"}
         outputs.update({f: out / names[f] for f in formats})
@@ -361,7 +359,7 @@ class VideoRun(TrainingRun):
             flow = compute_flows(self.data.frames)
             self.notes.append("the atlas has no stored flow; the consistency report uses flow computed now")
         edit_alpha = sampled_alpha(edit, self.layer)
-        report = consistency_report(
+        report = None if flow is None else consistency_report(
             self.data.frames, video, layer, flow, self.data.alpha, edit_alpha, name,
             uv_px=uv_to_pixels(self.layer.uv, self.layer.uv_to_px), atlas_size=self.crops.atlas_size,
         )  # fmt: skip
@@ -383,6 +381,15 @@ class VideoRun(TrainingRun):
             out / "generator.pt",
         )
         paths["generator"] = out / "generator.pt"
+        if copy_edit != "no":  # last before run.json: a failed command never touches the atlas folder
+            dst = self.atlas_dir / "edits" / f"{name}.png"
+            if dst.exists() and copy_edit != "replace" and dst.read_bytes() != paths["edit"].read_bytes():
+                self.notes.append(
+                    f"{dst} holds another edit and was kept; use this run's with "
+                    f"t2l render {self.atlas_dir} --{name} {paths['edit']}, or overwrite to replace it"
+                )
+            else:
+                paths["atlas_edit"] = save_png(edit, dst)
         self.summary = self._write_run_json("done", paths, report)
         (out / "checkpoint.pt").unlink(missing_ok=True)
 
@@ -400,6 +407,7 @@ class VideoRun(TrainingRun):
             "working_size": [int(W), int(H)],
             "fps": str(d.info.fps),
             "atlas_scale": self.crops.k,
+            "atlas_sha256": self.identity["input_sha256"],
         }
         report = getattr(self, "_report", None)
         if report is not None:
@@ -413,7 +421,8 @@ def render_atlas_edit(generator: Generator, crops: LayerCrops) -> np.ndarray:
     premultiplied) into a transparent image of atlas.png's size: uint8 [Ha, Wa, 4], straight alpha."""
     generator.train()
     box = crops.full_box()
-    pre = crops.to_atlas_density(generator(crops.gen_input(box)).float())  # 1, 4, h, w premultiplied
+    with kept_buffers(generator, always=True):  # a render does not change the training state
+        pre = crops.to_atlas_density(generator(crops.gen_input(box)).float())  # 1, 4, h, w premultiplied
     canvas = torch.zeros(1, 4, *crops.atlas_size, device=pre.device)
     canvas[..., box.y0 : box.y1, box.x0 : box.x1] = unpremultiply(pre).clamp(0, 1)
     return to_uint8(canvas)

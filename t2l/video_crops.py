@@ -162,8 +162,8 @@ class LayerCrops:
         tex = torch.from_numpy(np.array(texture)).permute(2, 0, 1)[None].float() / 255  # 1, 4, Ha, Wa
         self.coverage = tex[:, 3:4].to(self.device)  # 1, 1, Ha, Wa
         rgb = tex[:, :3]
-        if self.k > 1:  # texel centres of the k x k subdivision: bilinear, align_corners=False
-            rgb = F.interpolate(rgb, scale_factor=self.k, mode="bilinear", align_corners=False)
+        if self.k > 1:  # each texel becomes k x k pixels: the k x k average of the output inverts it exactly
+            rgb = F.interpolate(rgb, scale_factor=self.k, mode="nearest")
         self.raster = rgb.to(self.device)  # 1, 3, k*Ha, k*Wa: the generator's input image
         self.boxes = fg_boxes(alpha, min_side, settings) if layer == "fg" else [(0, 0, H, W)] * T
         self.eligible = [t for t, b in enumerate(self.boxes) if b is not None]

@@ -171,6 +171,7 @@ def _corrupt_video(tmp_path):
     [
         ("not_atlas", 1, "not an atlas folder (no atlas.json)"),
         ("incomplete", 1, "not an atlas folder"),
+        ("unfinished_fit", 1, "holds an unfinished atlas fit"),
         ("fg_on_one_layer", 2, "one layer (bg), no foreground"),
         ("empty_prompt", 2, "the prompt is empty"),
         ("too_small", 2, "below the generator's minimum side 129"),
@@ -190,6 +191,9 @@ def test_bad_inputs_are_one_line_errors(
         args[0] = str(tmp_path)
     elif case == "incomplete":
         (video_atlas_dir / "atlas.json").unlink()
+    elif case == "unfinished_fit":
+        (video_atlas_dir / "atlas.json").unlink()
+        (video_atlas_dir / "model.pt").write_bytes(b"")
     elif case == "fg_on_one_layer":
         save_atlas(tmp_path / "one", make_video_atlas(layers=1))
         args = [str(tmp_path / "one"), "fire", "--layer", "fg"]
@@ -250,3 +254,58 @@ def test_a_video_file_is_fitted_once_then_edited(make_video_atlas, tiny_clip_arg
     assert r.exit_code == 0, r.stderr
     assert "using the atlas fitted before" in r.stderr and "fitting the atlas" not in r.stderr
     shutil.rmtree(tmp_path / "clip.atlas")
+
+
+def test_ctrl_c_while_writing_outputs_resumes_into_them(video_atlas_dir, tiny_clip_args, monkeypatch):
+    # catches: a trained generator lost when the render/encoding after training is interrupted
+    import t2l.atlas.render as atlas_render
+
+    out = video_atlas_dir / "runs" / "fg-fire"
+    real = atlas_render.render_to_files
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(atlas_render, "render_to_files", interrupted)
+    r = _run([str(video_atlas_dir), "fire"], tiny_clip_args)
+    assert r.exit_code == 130 and (out / "checkpoint.pt").exists()
+    assert not (video_atlas_dir / "edits").exists()  # the atlas folder is untouched by a failed command
+    monkeypatch.setattr(atlas_render, "render_to_files", real)
+    r = _run([str(video_atlas_dir), "fire", "--resume"], tiny_clip_args)
+    assert r.exit_code == 0, r.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "done" and run["steps_done"] == 2 and run["timings"]["steps_this_session"] == 0
+    assert (out / "video.mp4").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_overwrite_keeps_the_old_run_until_training_starts_and_edits_are_not_clobbered(
+    video_atlas_dir, tiny_clip_args, monkeypatch, tmp_path
+):
+    # catches: --overwrite deleting a finished run before a start that fails; a hand-painted
+    # ATLAS/edits/fg.png silently replaced by a later run
+    assert _run([str(video_atlas_dir), "fire"], tiny_clip_args).exit_code == 0
+    out = video_atlas_dir / "runs" / "fg-fire"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf"))
+    r = runner.invoke(app, ["video", str(video_atlas_dir), "fire", "--overwrite", "--offline", *FAST])
+    assert r.exit_code == 3 and (out / "run.json").exists() and (out / "video.mp4").exists()
+    painted = video_atlas_dir / "edits" / "fg.png"
+    Image.fromarray(np.full((32, 32, 4), 7, np.uint8)).save(painted)
+    before = painted.read_bytes()
+    r = _run([str(video_atlas_dir), "ice"], tiny_clip_args)
+    assert r.exit_code == 0 and painted.read_bytes() == before and "was kept" in r.stderr
+    r = _run([str(video_atlas_dir), "ice", "--overwrite"], tiny_clip_args)
+    assert r.exit_code == 0 and painted.read_bytes() != before
+
+
+def test_render_of_a_video_run_refuses_a_replaced_layer_or_a_refitted_atlas(
+    video_atlas_dir, tiny_clip_args, tmp_path
+):
+    assert _run([str(video_atlas_dir), "fire"], tiny_clip_args).exit_code == 0
+    out = video_atlas_dir / "runs" / "fg-fire"
+    r = runner.invoke(app, ["render", str(out), "--fg", str(out / "edit.png"), "-o", str(tmp_path / "x.mp4")])
+    assert r.exit_code == 2 and "would replace it" in r.stderr
+    index = video_atlas_dir / "atlas.json"
+    index.write_text(index.read_text().replace('"format_version"', '"refit": 1, "format_version"'))
+    r = runner.invoke(app, ["render", str(out), "-o", str(tmp_path / "y.mp4")])
+    assert r.exit_code == 1 and "has changed since" in r.stderr

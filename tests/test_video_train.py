@@ -46,11 +46,13 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones_like(x[:, :1])], 1)
 
 
-@pytest.mark.parametrize("layer", ["fg", "bg"])
-def test_identity_generator_reproduces_the_frame_crops_through_the_warp(make_video_atlas, layer):
-    # catches: wrong uv -> crop offsets, a flipped output not flipped back, a wrong atlas-crop box, weights
+@pytest.mark.parametrize("layer,gen", [("fg", GEN4), ("bg", GEN4), ("fg", GEN5)])
+def test_identity_generator_reproduces_the_frame_crops_through_the_warp(make_video_atlas, layer, gen):
+    # catches: wrong uv -> crop offsets, a flipped output not flipped back, a wrong atlas-crop box, weights,
+    # and (GEN5: the fg atlas at 2x) a raster scale whose round trip is not the identity
     data = make_video_atlas()
-    crops = _crops(data, layer, jitter_p=0.0, flip_p=0.5)
+    crops = _crops(data, layer, gen, jitter_p=0.0, flip_p=0.5)
+    assert crops.k == (2 if gen is GEN5 else 1)
     rng = torch.Generator().manual_seed(0)
     for step in range(12):
         call, direct = crops.sample(step + 1, rng)[:2]

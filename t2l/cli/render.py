@@ -172,7 +172,9 @@ def render(
 def _render_video_run(
     run_dir, run_json, output, fg, bg, formats, frames, resolution, crf, overwrite, as_json
 ):
-    """A `t2l video` run folder: its edit.png over its atlas (only that edit; --fg/--bg add others)."""
+    """A `t2l video` run folder: its edit.png over its atlas (only that edit; --fg/--bg add the other layer)."""
+    from t2l.run import file_sha256
+
     info_ = json.loads(run_json.read_text())
     atlas, layer = Path(info_.get("input", "")), info_.get("layer")
     edit = run_dir / "edit.png"
@@ -181,6 +183,17 @@ def _render_video_run(
     if not (atlas / "atlas.json").is_file():
         raise InputError(
             f"the run's atlas folder {atlas} is gone", f"render with t2l render ATLAS --{layer} {edit}"
+        )
+    if (fg if layer == "fg" else bg) is not None:
+        raise UsageError(
+            f"{run_dir} is an edit of the {layer} layer; --{layer} would replace it",
+            f"pass only the other layer's edit, or render the atlas: t2l render {atlas} --{layer} FILE",
+        )
+    want = info_.get("atlas_sha256")
+    if want and file_sha256(atlas / "atlas.json") != want:
+        raise InputError(
+            f"the atlas {atlas} has changed since {run_dir} was trained (refitted?)",
+            f"edit it again with t2l video, or render the old edit anyway: t2l render ATLAS --{layer} {edit}",
         )
     given = {"fg": fg, "bg": bg, layer: edit}
     _render_atlas(

@@ -194,7 +194,7 @@ def video(
         precision or "fp32",
         bootstrap_steps,
     )
-    atlas_dir = _atlas_for(input_path, preset, dev, json_out)
+    atlas_dir = _atlas_for(input_path, dev, json_out)
     data = _load(atlas_dir)
     name = pick_layer([lay.name for lay in data.layers], layer)
     cfg, note = resolve_config(
@@ -210,8 +210,6 @@ def video(
         )
     if resume and state != "partial":
         raise UsageError(f"nothing to resume in {out} (no checkpoint.pt)", "run without --resume")
-    if overwrite:
-        _clear_run(out)
     if note and not resume:
         info(note)
     if seed is not None:
@@ -221,20 +219,27 @@ def video(
     from t2l.clip.model import load_clip
 
     clip = load_clip(ClipSpec(clip_model, clip_weights, offline), dev, download_progress_class())
-    render = {"formats": fmts, "resolution": resolution, "crf": crf, "copy_edit": not no_copy}
+    render = {
+        "formats": fmts,
+        "resolution": resolution,
+        "crf": crf,
+        "copy_edit": "no" if no_copy else "replace" if overwrite else "keep",
+    }
     with output_dir(out):
         summary = _train(
-            atlas_dir, data, prompts, cfg, clip, dev, out, seed, resume, (steps, precision), render
+            atlas_dir, data, prompts, cfg, clip, dev, out, seed, resume, (steps, precision), render, overwrite
         )
     if json_out:
         emit_json(summary)
 
 
-def _atlas_for(input_path: Path, preset: str, dev, json_out: bool) -> Path:
-    """The atlas folder for INPUT: itself, or for a video file <stem>.atlas beside it (fitted if needed)."""
-    from t2l.atlas.run import folder_state
+def _atlas_for(input_path: Path, dev, json_out: bool) -> Path:
+    """The atlas folder for INPUT: itself; for a video file or a folder of frames <stem>.atlas beside it,
+    fitted with t2l atlas's defaults when missing, continued when unfinished, reused when complete."""
+    from t2l.atlas.run import IMAGE_SUFFIXES, folder_state
 
-    if input_path.is_dir():
+    frames = input_path.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in input_path.iterdir())
+    if input_path.is_dir() and ((input_path / "atlas.json").exists() or not frames):
         if not (input_path / "atlas.json").exists():
             if (input_path / "model.pt").exists():
                 raise InputError(
@@ -246,7 +251,8 @@ def _atlas_for(input_path: Path, preset: str, dev, json_out: bool) -> Path:
                 "fit one with t2l atlas VIDEO -o DIR, or pass the video file",
             )
         return input_path
-    atlas_dir = input_path.with_name(input_path.stem + ".atlas")
+    # a video file or a folder of frames: its atlas lives beside it
+    atlas_dir = input_path.with_name((input_path.name if input_path.is_dir() else input_path.stem) + ".atlas")
     state = folder_state(atlas_dir) if atlas_dir.is_dir() else "empty"
     if state == "done":
         info(f"using the atlas fitted before in {atlas_dir} (delete it to refit)")
@@ -259,7 +265,7 @@ def _atlas_for(input_path: Path, preset: str, dev, json_out: bool) -> Path:
         raise InputError(
             f"{atlas_dir} exists and is not an atlas folder", "move it away, or fit with t2l atlas -o DIR"
         )
-    cfg, note = atlas_config({"paper": "quality"}.get(preset, preset), dev.type)
+    cfg, note = atlas_config("auto", dev.type)  # t2l atlas's defaults
     info(f"fitting the atlas of {input_path} into {atlas_dir} first" + (f" ({note})" if note else ""))
     run = AtlasRun.prepare(input_path, atlas_dir, cfg, dev, resume=state == "partial")
     with output_dir(atlas_dir):
@@ -284,7 +290,7 @@ def _clear_run(out: Path) -> None:
             shutil.rmtree(out / d)
 
 
-def _train(atlas_dir, data, prompts, cfg, clip, dev, out, seed, resume, overrides, render) -> dict:
+def _train(atlas_dir, data, prompts, cfg, clip, dev, out, seed, resume, overrides, render, overwrite) -> dict:
     """Train and render one run, drawing its progress; returns the JSON summary line."""
     from t2l.consistency import format_report
     from t2l.video import VideoRun
@@ -305,6 +311,9 @@ def _train(atlas_dir, data, prompts, cfg, clip, dev, out, seed, resume, override
     )
     for n in run.notes:
         info(n)
+    if overwrite:  # only once everything before training has worked: a failed start keeps the old run
+        _clear_run(out)
+    shown = len(run.notes)
     with make_progress() as progress:
         task = progress.add_task(
             f"{cfg.layer} edit", total=run.total_steps, status="", completed=run.done_steps
@@ -314,6 +323,8 @@ def _train(atlas_dir, data, prompts, cfg, clip, dev, out, seed, resume, override
         task2 = progress.add_task("render", total=len(data.frames), status="", completed=0)
         for done, _total in run.finish(**render):
             progress.update(task2, completed=done)
+    for n in run.notes[shown:]:
+        info(n)
     s = run.summary
     t = s["timings"]
     for line in format_report(s.get("consistency") or {}):
