@@ -4,9 +4,13 @@ The CLIP has random weights of the real ViT-B-32-quickgelu shape (no download ne
 ClipBackbone.from_open_clip exactly as load_clip wraps a pretrained one; the input is a synthetic
 image. Steps run through the real ImageRun / Trainer code path (ROI prior on unless --no-roi).
 
-    .venv/bin/python benchmarks/image_step.py --size 256 --views 16 --steps 3
+    .venv/bin/python benchmarks/image_step.py --size 256 --views 16 --steps 5 --reference
     .venv/bin/python benchmarks/image_step.py --size 512 --views 16 --steps 3 --relevancy-gap 8
 
+Every comparison is measured side by side: each round times one of our steps, then (with
+--reference) one reference-style step, then (with --ablate-blocks) our step with open_clip's own
+transformer blocks, then the matmul probe, so a shared machine's drift hits all of them alike.
+Ratios and the share of the matmul probe are computed per round; medians are reported.
 Prints one JSON object (and a readable summary on stderr).
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -28,20 +33,22 @@ VIT_B32_VIEW_GFLOP = 8.8  # forward, one 224x224 view (50 tokens)
 GEN_GFLOP_512 = 151.0  # generator forward at 512x512; scales with pixels
 
 
-def matmul_gflops(device, n: int = 2048, reps: int = 5) -> float:
-    """Measured fp32 matmul throughput on this machine (GFLOP/s), best of `reps`."""
+def matmul_gflops(device, n: int = 2048, reps: int = 3, cpu_time: bool = False) -> float:
+    """Measured fp32 matmul throughput on this machine (GFLOP/s), best of `reps`. cpu_time: per
+    second of this process's CPU time (all threads) instead of wall time; see `--cpu-time`."""
     import torch
 
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    clock = time.process_time if cpu_time else time.perf_counter
     best = float("inf")
     for _ in range(reps + 1):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t = clock()
         a @ b
         if device.type == "cuda":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
+        best = min(best, clock() - t)
     return 2 * n**3 / best / 1e9
 
 
@@ -95,7 +102,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=256, help="square working size in px")
     ap.add_argument("--views", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=3, help="measured steps (after 1 warm-up step)")
+    ap.add_argument("--steps", type=int, default=3, help="measured rounds (after 1 warm-up step)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", help="fp32 | bf16 | tf32 (bf16/tf32: CUDA only)")
     ap.add_argument("--no-roi", action="store_true", help="no ROI bootstrap")
@@ -104,10 +111,18 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument(
-        "--reference",
-        type=int,
-        default=0,
-        help="also time N reference-style steps, alternating with N of ours (same load, fair ratio)",
+        "--reference", action="store_true", help="also time a reference-style step in every round"
+    )
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time everything (steps and matmul probe) in process CPU seconds, not wall seconds: on a "
+        "CPU shared with other jobs, waiting for a core then costs nothing (OpenMP spinning still counts)",
+    )
+    ap.add_argument(
+        "--ablate-blocks",
+        action="store_true",
+        help="also time our step with open_clip's own blocks (blk(x)) instead of ClipBackbone.run_block",
     )
     a = ap.parse_args()
 
@@ -133,18 +148,43 @@ def main() -> None:
     rs = np.random.RandomState(0)
     small = (rs.rand(16, 16, 3) * 255).astype(np.uint8)
     Image.fromarray(small).resize((a.size, a.size), Image.BICUBIC).save(tmp / "in.png")
-    cfg, _ = resolve_config(
-        "paper", dev.type, steps=1 + a.steps, size=a.size, views=a.views, precision=a.precision
-    )
+    cfg, _ = resolve_config("paper", dev.type, size=a.size, views=a.views, precision=a.precision)
     prompts = make_prompts("rusty jeep", roi=None if a.no_roi else "car", src="jeep")
     run = ImageRun.prepare(tmp / "in.png", prompts, cfg, clip, dev, tmp / "out", seed=0)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
-    secs = [ev.seconds for ev in run.events()]
+    events = run.events()
+    warm = next(events).seconds  # setup (relevancy, input bank) + step 0, which adds the full image
+    setup_and_first = time.perf_counter() - t0
+    fast_block = ClipBackbone.run_block
+    rounds: dict[str, list[float]] = {"ours": [], "reference": [], "open_clip_blocks": [], "matmul": []}
+
+    clock = time.process_time if a.cpu_time else time.perf_counter
+
+    def timed(fn) -> float:
+        sync()
+        t = clock()
+        fn()
+        sync()
+        return clock() - t
+
+    for _ in range(a.steps):
+        rounds["ours"].append(timed(run.trainer.train_step))
+        if a.reference:
+            rounds["reference"].append(timed(lambda: reference_step(run, clip, "car")))
+        if a.ablate_blocks:
+            ClipBackbone.run_block = lambda self, blk, x: blk(x)
+            try:
+                rounds["open_clip_blocks"].append(timed(run.trainer.train_step))
+            finally:
+                ClipBackbone.run_block = fast_block
+        rounds["matmul"].append(matmul_gflops(dev, cpu_time=a.cpu_time))
+    secs = rounds["ours"]
     wall = time.perf_counter() - t0
     h, w = run.work.shape[-2:]
-    measured = secs[1:] if len(secs) > 1 else secs
+    measured = rounds["ours"]
     med = statistics.median(measured)
     peak = (
         torch.cuda.max_memory_allocated() / 2**20
@@ -157,7 +197,8 @@ def main() -> None:
     s_hw = tuple(structure_resize(torch.zeros(1, 1, crop_side, crop_side), 224, 380).shape[-2:])
     gf1 = step_gflop(crop_side, crop_side, view_hw, a.views, s_hw, clip_bwd=1.0, bank=run.cfg.input_bank > 0)
     gf2 = step_gflop(crop_side, crop_side, view_hw, a.views, s_hw, clip_bwd=2.0, bank=run.cfg.input_bank > 0)
-    mm = matmul_gflops(dev)
+    mm = statistics.median(rounds["matmul"])
+    share = [gf1 / t / m for t, m in zip(rounds["ours"], rounds["matmul"], strict=True)]
     result = {
         "benchmark": "image_step",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -169,8 +210,12 @@ def main() -> None:
         "precision": a.precision,
         "roi": not a.no_roi,
         "step_seconds": [round(s, 3) for s in secs],
+        "clock": "process CPU s" if a.cpu_time else "wall s",
         "median_step_s": round(med, 3),
         "wall_s": round(wall, 2),
+        "setup_and_first_step_s": round(setup_and_first, 2),  # wall s
+        "first_step_s": round(warm, 2),  # wall s; step 0 adds the full image
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "relevancy_once_s": round(run.timings.get("relevancy_s", 0.0), 3),
         "input_bank_s": round(run.timings.get("input_bank_s", 0.0), 3),
         "min_step_s": round(min(measured), 3),
@@ -178,9 +223,10 @@ def main() -> None:
         "gflop_per_step": round(gf1, 1),
         "gflop_per_step_bwd2x": round(gf2, 1),
         "achieved_gflops": round(gf1 / med, 1),
-        "matmul_gflops": round(mm, 1),
-        "fraction_of_matmul": round(gf1 / med / mm, 3),
-        "fraction_of_matmul_bwd2x": round(gf2 / med / mm, 3),
+        "matmul_gflops": [round(m, 1) for m in rounds["matmul"]],
+        "fraction_of_matmul": round(statistics.median(share), 3),  # median over rounds of per-round shares
+        "fraction_of_matmul_rounds": [round(f, 3) for f in share],
+        "fraction_of_matmul_bwd2x": round(statistics.median(share) * gf2 / gf1, 3),
     }
     if a.relevancy_gap:
         x, rel = run.work, run.relevancy
@@ -201,21 +247,24 @@ def main() -> None:
             "mean_pearson_r": round(statistics.mean(corrs), 4),
             "per_crop_relevancy_s": round(statistics.median(t_crop), 3),
         }
-    if a.reference:
-        ours, ref = [], []
-        for _ in range(a.reference):
-            ours.append(run.trainer.train_step().seconds)
-            ref.append(reference_step(run, clip, "car"))
-        result["alternating"] = {
-            "ours_s": [round(t, 3) for t in ours],
-            "reference_style_s": [round(t, 3) for t in ref],
-            "speedup_median": round(statistics.median(ref) / statistics.median(ours), 2),
-            "speedup_min": round(min(ref) / min(ours), 2),
-        }
+    for name in ("reference", "open_clip_blocks"):
+        other = rounds[name]
+        if other:
+            ratios = [o / t for o, t in zip(other, rounds["ours"], strict=True)]  # > 1: ours is faster
+            result[name] = {
+                "seconds": [round(t, 3) for t in other],
+                "ratio_per_round": [round(r, 2) for r in ratios],
+                "ratio_median": round(statistics.median(ratios), 2),
+            }
     print(json.dumps(result))
     print(
         f"{a.size}px {a.views} views {dev}: {med:.2f} s/step, peak {peak:.0f} MiB, "
-        f"{result['achieved_gflops']} GFLOP/s = {result['fraction_of_matmul']:.0%} of matmul ({mm:.0f} GFLOP/s)",
+        f"{result['achieved_gflops']} GFLOP/s = {result['fraction_of_matmul']:.0%} of matmul ({mm:.0f} GFLOP/s)"
+        + "".join(
+            f"; {n} / ours {result[n]['ratio_median']}x"
+            for n in ("reference", "open_clip_blocks")
+            if n in result
+        ),
         file=sys.stderr,
     )
 
