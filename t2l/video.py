@@ -50,8 +50,8 @@ VIDEO_WEIGHTS = LossWeights(structure=3.0, sparsity=0.1, l0=0.005, l1=0.01, boot
 PRESETS = {
     # the reference's settings (GPU)
     "paper": {"steps": 3000, "views": 6, "frame_gap": 2},
-    # CPU preview (docs/video.md): a tenth of the steps, 4 views; the same crops and items
-    "draft": {"steps": 300, "views": 4, "frame_gap": 2},
+    # CPU preview (docs/video.md, docs/benchmarks.md): 1/15 of the steps, 4 views; the same crops and items
+    "draft": {"steps": 200, "views": 4, "frame_gap": 2},
 }
 PRESET_NAMES = ("auto", "draft", "paper")
 FORMATS = ("png", "prores", "webm")  # edit-layer deliverables besides video.mp4 and greenscreen.mp4
