@@ -269,8 +269,12 @@ def test_image_ctrl_c_checkpoints_and_resumes(files, tmp_path, tiny_clip_args):
     assert (out / "checkpoint.pt").is_file()
     r = invoke(args[:-2] + ["-o", out])  # without --resume: refused, nothing touched
     assert r.exit_code == 1 and "unfinished run" in one_error_line(r)
-    r = invoke([*args, "--resume"])
+    import torch
+
+    done = torch.load(out / "checkpoint.pt", weights_only=True)["trainer"]["step"]
+    r = invoke([*args, "--resume", "--steps", str(done + 2)])  # --steps is the total: 2 more, not ~195
     assert r.exit_code == 0, r.stderr
+    assert f"from step {done}/{done + 2}" in r.stderr
     assert (out / "composite.png").is_file() and not (out / "checkpoint.pt").exists()
 
 
