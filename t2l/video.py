@@ -40,7 +40,7 @@ from t2l.imageio import save_png, to_uint8
 from t2l.losses import LossWeights
 from t2l.prompts import PromptSet
 from t2l.run import TrainingRun, clip_identity, file_sha256, prepare_resume
-from t2l.train import TextBank, TrainConfig, Trainer, kept_buffers, scaled_to_native
+from t2l.train import TextBank, TrainConfig, Trainer, encode_view_bank, kept_buffers, scaled_to_native
 from t2l.video_crops import CropSettings, LayerCrops
 
 # The reference's video settings (video-facts.md): structure 3, sparsity 0.1 * (0.005 L0 + 0.01 L1),
@@ -50,8 +50,8 @@ VIDEO_WEIGHTS = LossWeights(structure=3.0, sparsity=0.1, l0=0.005, l1=0.01, boot
 PRESETS = {
     # the reference's settings (GPU)
     "paper": {"steps": 3000, "views": 6, "frame_gap": 2},
-    # CPU preview (docs/video.md, docs/benchmarks.md): 1/15 of the steps, 4 views; the same crops and items
-    "draft": {"steps": 200, "views": 4, "frame_gap": 2},
+    # CPU preview (docs/video.md, docs/benchmarks.md): 1/20 of the steps, 4 views; the same crops and items
+    "draft": {"steps": 150, "views": 4, "frame_gap": 2},
 }
 PRESET_NAMES = ("auto", "draft", "paper")
 FORMATS = ("png", "prores", "webm")  # edit-layer deliverables besides video.mp4 and greenscreen.mp4
@@ -78,6 +78,7 @@ class VideoConfig:
     preset: str = "paper"  # the preset the other values came from
     layer: str = "fg"  # the atlas layer to edit: fg or bg
     save_every: int = 0  # snapshot + checkpoint every N steps (0: only at the end / on Ctrl-C)
+    input_bank: int = 4  # E(in) banks: input_bank * views embeddings per frame, once (0: encode per item)
     crops: CropSettings = field(default_factory=CropSettings)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     train: TrainConfig = field(default_factory=lambda: video_train_config(3000, 6, 0, "fp32", 0))
@@ -95,6 +96,7 @@ class VideoConfig:
             preset=d["preset"],
             layer=d["layer"],
             save_every=d["save_every"],
+            input_bank=d.get("input_bank", 0),
             crops=CropSettings(**tup(d["crops"])),
             generator=GeneratorConfig(**d["generator"]),
             train=TrainConfig.from_dict(d["train"]),
@@ -291,6 +293,14 @@ class VideoRun(TrainingRun):
         texts = TextBank.from_prompts(self.clip, self.prompts)
         rng = torch.Generator().manual_seed(self.seed)
         tcfg = scaled_to_native(self.cfg.train, int(self.clip.native_size))
+        if self.cfg.input_bank > 0:  # E(in) banks per frame, its own seeded RNG: a resume rebuilds them
+            t0 = time.perf_counter()
+            bank_rng = torch.Generator().manual_seed(self.seed + 1)
+            count = self.cfg.input_bank * tcfg.views.n
+            self.crops.build_input_banks(
+                lambda x: encode_view_bank(self.clip, x, tcfg.views, count, bank_rng)
+            )
+            self.timings["input_bank_s"] = time.perf_counter() - t0
         return Trainer(gen, self.clip, texts, self.crops.sample, tcfg, rng)
 
     def _oom_hint(self) -> str:

@@ -171,6 +171,8 @@ class LayerCrops:
             raise UsageError("the foreground layer is empty in every frame", "edit the background layer (bg)")
         self.relevancy: np.ndarray | None = None
         self.atlas_relevancy: torch.Tensor | None = None
+        self.banks: list[torch.Tensor | None] | None = None  # E(in) banks per frame (build_input_banks)
+        self.atlas_bank: torch.Tensor | None = None
 
     # ---- atlas crops ----------------------------------------------------------------------------
 
@@ -286,13 +288,17 @@ class LayerCrops:
         else:
             vis = [None] * len(ts)
         box = self._union_box(uvs, vis)
-        items = [self._warped_item(box, img, wt, uv, rel, flip) for img, wt, uv, rel in tensors]
+        items = [
+            self._warped_item(box, img, wt, uv, rel, flip, self._bank(t))
+            for t, (img, wt, uv, rel) in zip(ts, tensors, strict=True)
+        ]
         out: list[Example | GeneratorCall] = [
             GeneratorCall(self._augment(self.gen_input(box), flip, jit), items)
         ]
         if s.direct_item:
-            img, wt, _, rel = tensors[len(tensors) // 2]
-            out.append(self._direct_item(img, wt, rel, flip, jit))
+            mid = len(tensors) // 2
+            img, wt, _, rel = tensors[mid]
+            out.append(self._direct_item(img, wt, rel, flip, jit, self._bank(ts[mid])))
         if s.full_every and step % s.full_every == 0:
             out.append(self.full_item(flip, jit))
         return out
@@ -324,15 +330,32 @@ class LayerCrops:
             x = color_jitter(x, b, c, sat, h)
         return x
 
-    def _warped_item(self, box: Box, img, wt, uv, rel, flip: bool) -> Example:
+    def _bank(self, t: int) -> torch.Tensor | None:
+        return self.banks[t] if self.banks is not None else None
+
+    def bank_image(self, t: int) -> torch.Tensor:
+        """What frame t's items show, for its E(in) bank: [1,3,h,w] (fg: its box, masked by alpha; bg: the frame)."""
+        y0, x0, y1, x1 = self.boxes[t]
+        img, wt, _, _ = self._item_tensors(t, (y0, x0, y1 - y0, x1 - x0))
+        return self._masked(img, wt)
+
+    def build_input_banks(self, encode) -> None:
+        """E(in) banks, ONCE before training: encode(image [1,3,h,w]) -> [K,D] per frame that shows the
+        layer and for the whole-atlas item (like the image's bank of input views)."""
+        self.banks = [
+            encode(self.bank_image(t)) if self.boxes[t] is not None else None for t in range(self.T)
+        ]
+        self.atlas_bank = encode(self.full_item().background)
+
+    def _warped_item(self, box: Box, img, wt, uv, rel, flip: bool, bank=None) -> Example:
         def warp(rgba: torch.Tensor) -> torch.Tensor:  # straight [1,4,k*h,k*w] -> premultiplied frame crop
             rgba = rgba.flip(-1) if flip else rgba  # the input was flipped: flip the output back
             pre = self.sample_into(self.to_atlas_density(rgba), box, uv)
             return pre * wt if wt is not None else pre
 
-        return Example(self._masked(img, wt), warp=warp, relevancy=self._masked_rel(rel, wt))
+        return Example(self._masked(img, wt), warp=warp, relevancy=self._masked_rel(rel, wt), input_bank=bank)
 
-    def _direct_item(self, img, wt, rel, flip: bool, jit) -> Example:
+    def _direct_item(self, img, wt, rel, flip: bool, jit, bank=None) -> Example:
         def warp(rgba: torch.Tensor) -> torch.Tensor:
             pre = premultiply(rgba.flip(-1) if flip else rgba)
             return pre * wt if wt is not None else pre
@@ -342,6 +365,7 @@ class LayerCrops:
             gen_input=self._augment(img, flip, jit),
             warp=warp,
             relevancy=self._masked_rel(rel, wt),
+            input_bank=bank,
         )
 
     def full_item(self, flip: bool = False, jit=None) -> Example:
@@ -357,7 +381,13 @@ class LayerCrops:
         rel = None
         if self.atlas_relevancy is not None:
             rel = self.atlas_relevancy[..., box.y0 : box.y1, box.x0 : box.x1] * cov
-        return Example(img * cov, gen_input=self._augment(x, flip, jit), warp=warp, relevancy=rel)
+        return Example(
+            img * cov,
+            gen_input=self._augment(x, flip, jit),
+            warp=warp,
+            relevancy=rel,
+            input_bank=self.atlas_bank,
+        )
 
     def full_box(self) -> Box:
         ha, wa = self.atlas_size

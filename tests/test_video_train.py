@@ -320,3 +320,20 @@ def test_finished_edit_has_atlas_size_and_renders_like_t2l_render(video_atlas_di
     np.testing.assert_array_equal(back, layer)
     report = run.summary["consistency"]
     assert report["warp"]["stride_1"]["layer"] < 0.5  # glued to the atlas: ~0 on the exact flow
+
+
+def test_input_banks_are_built_once_per_frame_and_feed_their_items(video_atlas_dir, clip, tmp_path):
+    # catches: items encoding E(in) every step (the bank unused) or drawing from another frame's bank
+    run = _run(video_atlas_dir, clip, tmp_path / "k", steps=1)
+    run.trainer = run._prepare_trainer()
+    banks = run.crops.banks
+    assert len(banks) == 8 and all(b.shape == (4 * 2, 32) for b in banks)  # input_bank 4 x 2 views
+    assert run.crops.atlas_bank.shape == (8, 32)
+    assert not torch.equal(banks[0], banks[5])
+    rng = torch.Generator().manual_seed(0)
+    for step in (0, 1):
+        call, direct, *full = run.crops.sample(step, rng)
+        ids = {id(b) for b in banks}
+        assert all(id(ex.input_bank) in ids for ex in [*call.items, direct])
+        if full:
+            assert full[0].input_bank is run.crops.atlas_bank

@@ -313,6 +313,10 @@ RESOURCE_FIXES: dict[str, dict[str, str]] = {
         "gpu": "use --preset draft, a smaller --size or fewer --max-frames, or --device cpu",
         "ram": "use a smaller --size or fewer --max-frames",
     },
+    "video": {
+        "gpu": "use --preset draft, fewer --views or --precision bf16, or fit the atlas at a smaller --size",
+        "ram": "use --preset draft or fewer --views, or fit the atlas with fewer --max-frames",
+    },
     "render": {
         "gpu": "use --device cpu, or --resolution working (atlas) or a smaller --size (image run)",
         "ram": "use --resolution working (atlas) or a smaller --size (image run)",
