@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from t2l.atlas.coords import premultiply, unpremultiply
 from t2l.augment import CropConfig, ViewConfig, apply_crop, sample_crop
 from t2l.errors import UsageError
 from t2l.files import torch_save_atomic
@@ -357,13 +358,8 @@ def resize_rgba(rgba: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     alpha ~0 (unconstrained by training) never bleeds into visible edge pixels. Returns straight RGBA."""
     if tuple(rgba.shape[-2:]) == tuple(size):
         return rgba
-    a = rgba[:, 3:4]
-    pre = F.interpolate(
-        torch.cat([rgba[:, :3] * a, a], 1), size=tuple(size), mode="bilinear", align_corners=False
-    )
-    a2 = pre[:, 3:4].clamp(0, 1)
-    rgb = torch.where(a2 > 0, pre[:, :3] / a2.clamp_min(1e-8), torch.zeros(()))
-    return torch.cat([rgb, a2], 1).clamp(0, 1)
+    pre = F.interpolate(premultiply(rgba), size=tuple(size), mode="bilinear", align_corners=False)
+    return unpremultiply(pre.clamp(0, 1)).clamp(0, 1)
 
 
 def write_layer_outputs(layer: np.ndarray, original: np.ndarray, out: Path) -> dict[str, Path]:

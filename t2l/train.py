@@ -112,12 +112,6 @@ class GeneratorCall:
     items: list[Example]
 
 
-def premultiply(rgba: torch.Tensor) -> torch.Tensor:
-    """Straight RGBA [B,4,H,W] -> premultiplied (a*rgb, a)."""
-    a = rgba[:, 3:4]
-    return torch.cat([a * rgba[:, :3], a], 1)
-
-
 @dataclass
 class StepEvent:
     step: int  # 1-based count of finished steps

@@ -205,6 +205,7 @@ class VideoRun(TrainingRun):
     last_event: object = None
     trainer: Trainer | None = None
     summary: dict | None = None
+    report: dict | None = None  # the consistency report, once finish() has made it
 
     kind = "video"
 
@@ -369,7 +370,7 @@ class VideoRun(TrainingRun):
             flow = compute_flows(self.data.frames)
             self.notes.append("the atlas has no stored flow; the consistency report uses flow computed now")
         edit_alpha = sampled_alpha(edit, self.layer)
-        report = None if flow is None else consistency_report(
+        self.report = None if flow is None else consistency_report(
             self.data.frames, video, layer, flow, self.data.alpha, edit_alpha, name,
             uv_px=uv_to_pixels(self.layer.uv, self.layer.uv_to_px), atlas_size=self.crops.atlas_size,
         )  # fmt: skip
@@ -400,12 +401,8 @@ class VideoRun(TrainingRun):
                 )
             else:
                 paths["atlas_edit"] = save_png(edit, dst)
-        self.summary = self._write_run_json("done", paths, report)
+        self.summary = self._write_run_json("done", paths)
         (out / "checkpoint.pt").unlink(missing_ok=True)
-
-    def _write_run_json(self, status: str, paths: dict, report: dict | None = None) -> dict:
-        self._report = report
-        return super()._write_run_json(status, paths)
 
     def _run_info(self) -> dict:
         d = self.data
@@ -419,9 +416,8 @@ class VideoRun(TrainingRun):
             "atlas_scale": self.crops.k,
             "atlas_sha256": self.identity["input_sha256"],
         }
-        report = getattr(self, "_report", None)
-        if report is not None:
-            info["consistency"] = report
+        if self.report is not None:
+            info["consistency"] = self.report
         return info
 
 

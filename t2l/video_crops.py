@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from t2l.atlas.coords import Box, premultiply, sample_atlas, uv_bbox, uv_to_pixels
+from t2l.atlas.coords import Box, premultiply, sample_atlas, uv_bbox
 from t2l.augment import color_jitter
 from t2l.errors import UsageError
 from t2l.train import Example, GeneratorCall
@@ -176,13 +176,9 @@ class LayerCrops:
 
     # ---- atlas crops ----------------------------------------------------------------------------
 
-    def atlas_box(self, uv: np.ndarray, visible: np.ndarray | None) -> Box:
-        """Box (atlas px) for the frame pixels uv [N, h, w, 2] that count (visible [N, h, w] bool or None),
-        grown to the generator's minimum inside the atlas."""
+    def _at_least_min(self, box: Box) -> Box:
+        """`box` grown (inside the atlas) to the side the generator needs: atlas_min atlas px."""
         ha, wa = self.atlas_size
-        box = uv_bbox(uv, self.uv_to_px, mask=visible, pad=1, limit=self.atlas_size)
-        if box is None:  # nothing visible (e.g. a fully occluded bg crop): the used region's centre
-            box = self.used
         x0, x1 = _grow(box.x0, box.x1, self.atlas_min, wa)
         y0, y1 = _grow(box.y0, box.y1, self.atlas_min, ha)
         return Box(x0, y0, x1, y1)
@@ -304,23 +300,20 @@ class LayerCrops:
         return out
 
     def _union_box(self, uvs: list[np.ndarray], vis: list[np.ndarray | None]) -> Box:
-        boxes = []
-        for uv, v in zip(uvs, vis, strict=True):
-            b = uv_bbox(uv, self.uv_to_px, mask=v, pad=1, limit=self.atlas_size)
-            if b is not None:
-                boxes.append(b)
-        if not boxes:
-            return self.atlas_box(uvs[0], None)
+        """The atlas box of the frame crops' visible pixels (uv [h, w, 2], vis [h, w] or None each)."""
+        bbox = lambda uv, v: uv_bbox(uv, self.uv_to_px, mask=v, pad=1, limit=self.atlas_size)  # noqa: E731
+        boxes = [b for b in (bbox(uv, v) for uv, v in zip(uvs, vis, strict=True)) if b is not None]
+        if (
+            not boxes
+        ):  # nothing visible (a fully occluded bg crop): all of the first crop, else the used atlas
+            boxes = [bbox(uvs[0], None) or self.used]
         u = Box(
             min(b.x0 for b in boxes),
             min(b.y0 for b in boxes),
             max(b.x1 for b in boxes),
             max(b.y1 for b in boxes),
         )
-        ha, wa = self.atlas_size
-        x0, x1 = _grow(u.x0, u.x1, self.atlas_min, wa)
-        y0, y1 = _grow(u.y0, u.y1, self.atlas_min, ha)
-        return Box(x0, y0, x1, y1)
+        return self._at_least_min(u)
 
     def _augment(self, x: torch.Tensor, flip: bool, jit) -> torch.Tensor:
         if flip:
@@ -390,18 +383,10 @@ class LayerCrops:
         )
 
     def full_box(self) -> Box:
-        ha, wa = self.atlas_size
-        u = self.used
-        x0, x1 = _grow(u.x0, u.x1, self.atlas_min, wa)
-        y0, y1 = _grow(u.y0, u.y1, self.atlas_min, ha)
-        return Box(x0, y0, x1, y1)
+        """The whole-atlas item's (and the final render's) box: the used atlas, at least atlas_min a side."""
+        return self._at_least_min(self.used)
 
     def _masked_rel(self, rel, wt):
         if rel is None:
             return None
         return rel * wt if (wt is not None and self.layer == "fg") else rel
-
-
-def frame_pixels(uv: np.ndarray, uv_to_px) -> np.ndarray:
-    """Atlas pixel coordinates [..., 2] of stored uv (for reports and tests)."""
-    return uv_to_pixels(uv, uv_to_px)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from t2l.atlas.coords import premultiply
 from t2l.errors import InputError, UsageError
 from t2l.generator import Generator, GeneratorConfig
 from t2l.prompts import make_prompts
-from t2l.train import Example, GeneratorCall, TextBank, TrainConfig, Trainer, premultiply
+from t2l.train import Example, GeneratorCall, TextBank, TrainConfig, Trainer
 from t2l.video_crops import CropSettings, LayerCrops, raster_scale
 
 GEN4 = GeneratorConfig(depth=4, width=16)  # min side 17: the 24-px square's atlas needs no upscaling

@@ -195,7 +195,9 @@ def video(
         bootstrap_steps,
     )
     atlas_dir = _atlas_for(input_path, dev, json_out)
-    data = _load(atlas_dir)
+    from t2l.atlas.folder import load_atlas
+
+    data = load_atlas(atlas_dir)
     name = pick_layer([lay.name for lay in data.layers], layer)
     cfg, note = resolve_config(
         preset, dev.type, name, steps, views, save_every, gen_cfg, precision or "fp32", bootstrap_steps
@@ -271,12 +273,6 @@ def _atlas_for(input_path: Path, dev, json_out: bool) -> Path:
     with output_dir(atlas_dir):
         _draw(run, json_out=False)
     return atlas_dir
-
-
-def _load(atlas_dir: Path):
-    from t2l.atlas.folder import load_atlas
-
-    return load_atlas(atlas_dir)
 
 
 def _clear_run(out: Path) -> None:
