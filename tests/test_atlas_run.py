@@ -32,7 +32,7 @@ def test_config_presets_and_serialisation():
     assert cfg_gpu.preset == "quality" and cfg_gpu.size == 768
     # the step budget of each preset, and an explicit total wins
     assert cfg.fit_config(10).steps == 300 and cfg.fit_config(50).steps == 600
-    assert cfg_gpu.fit_config(50).steps == 2000 and cfg_gpu.fit_config(50).grid == (8, 14)
+    assert cfg_gpu.fit_config(50).steps == 2000 and cfg_gpu.fit_config(50).grid == (16, 28)
     fixed, _ = resolve_config("draft", steps=7, size=64, seed=1)
     assert (
         fixed.fit_config(50).steps == 7

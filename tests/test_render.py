@@ -323,3 +323,27 @@ def test_cli_renders_a_real_image_run(tmp_path, tiny_clip_args):
     assert result["kind"] == "image" and result["outputs"]
     for p in result["outputs"].values():
         assert Image.open(p).size == (90, 70)  # rendered at the new input's resolution
+
+
+def test_edit_is_dimmed_with_the_frame_gain(square_atlas, tmp_path):
+    """A fade (the fit's per-frame gain) dims the edit like the footage: a black frame stays black."""
+    from dataclasses import replace
+
+    from t2l.atlas.folder import load_atlas, save_atlas
+
+    sq = square_atlas
+    data = sq.build()
+    gain = np.ones((sq.T, 3), np.float32)
+    gain[0] = 0.0
+    gain[1] = (0.5, 0.25, 1.0)
+    dim = replace(data, gain=gain)
+    ref, _ = render_edit(data, {"fg": sq.fg_patch_edit()})
+    out, layer = render_edit(dim, {"fg": sq.fg_patch_edit()})
+    x, y = sq.position(1)
+    ys, xs = slice(y + 4 - sq.PAD, y + 8 - sq.PAD), slice(x + 4 - sq.PAD, x + 8 - sq.PAD)
+    assert (np.abs(out[1, ys, xs] - np.array(sq.RED) * (0.5, 0.25, 1.0)) <= 1).all()
+    assert (out[0][layer[0, ..., 3] == 255] == 0).all()  # full cover on a black-gain frame: black
+    np.testing.assert_array_equal(out[2:], ref[2:])  # gain 1: unchanged
+    # the gain travels in the folder (metrics.json) and comes back
+    save_atlas(tmp_path / "a", dim)
+    np.testing.assert_allclose(load_atlas(tmp_path / "a").gain, gain)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from t2l.atlas.coords import grid_uv_to_px, texel_index
 from t2l.atlas.init import initial_geometry, initial_textures
 from t2l.atlas.model import AtlasModel, AtlasModelConfig
+from t2l.atlas.register import register_frames
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,12 @@ class FitConfig:
     steps: int = 400  # optimisation steps
     pairs: int = 2  # consecutive frame pairs per step (2 pairs = 4 frames)
     lr_texture: float = 0.02  # Adam lr of texture colours ([0,1] units)
-    lr_mapping: float = 3e-4  # Adam lr of homography corrections and displacement grids (normalised units)
+    # Adam lr of homography corrections and displacement grids (normalised units). 0 = the registered
+    # mappings stay as they are (the default: measured on real clips, descending on the colours moved
+    # registered mappings away from the content and lost 1-4 dB; docs/benchmarks.md)
+    lr_mapping: float = 0.0
     lr_gain: float = 1e-3  # Adam lr of the per-frame RGB gain (initialised from the frames)
-    grid: tuple[int, int] = (6, 10)  # displacement grid per frame (rows, cols)
+    grid: tuple[int, int] = (12, 20)  # displacement grid per frame (rows, cols)
     w_rgb: float = 1.0  # squared colour error
     w_grad: float = 0.5  # squared error of image x/y differences
     w_mask: float = 0.02  # BCE of the opacity against the masks (bootstrap) ...
@@ -54,6 +58,9 @@ class FitConfig:
     w_rigid: float = 0.05  # smoothness of the displacement grids (atlas px^2 per cell)
     margin: int = 6  # atlas margin around what the frames cover (px)
     max_atlas_px: int = 4_000_000  # atlases larger than this are stored at a lower resolution
+    density: float = 1.5  # atlas px per frame px of the reference frame (> 1: resampling blurs less)
+    register_passes: int = 2  # frame-to-atlas registration passes before the optimisation (register.py)
+    register_smooth: float = 0.05  # smoothness of the registered displacement grids
     seed: int = 0
 
 
@@ -114,10 +121,12 @@ class AtlasFitter:
         frames: T, H, W, 3 uint8 RGB, T >= 2. masks: T, H, W bool or None (one layer).
         flows: compute_flows output (float32 or float16 flow). cfg: FitConfig.
         state: a previous `state_dict()` to resume from (same clip and size).
+        progress: called with (frames registered, frames * passes) while the mappings are registered.
     """
 
     def __init__(self, frames: np.ndarray, masks: np.ndarray | None, flows: dict[str, np.ndarray],
-                 cfg: FitConfig = FitConfig(), device: str | torch.device = "cpu", state: dict | None = None):  # fmt: skip
+                 cfg: FitConfig = FitConfig(), device: str | torch.device = "cpu", state: dict | None = None,
+                 progress=None):  # fmt: skip
         self.cfg = cfg
         self.device = torch.device(device)
         T, H, W = frames.shape[:3]
@@ -143,6 +152,11 @@ class AtlasFitter:
             fg_h0 = torch.from_numpy(geo["fg_h0"]) if geo["fg_h0"] is not None else None
             self.model = AtlasModel(mcfg, torch.from_numpy(geo["bg_h0"]), fg_h0).to(self.device)
             initial_textures(self.model, self.frames, self.masks)
+            if cfg.register_passes:
+                self.register_residuals = register_frames(
+                    self.model, self.frames, self.masks, cfg.register_passes, cfg.register_smooth,
+                    progress=progress,
+                )
         groups = [
             {"params": [self.model.bg_texture], "lr": cfg.lr_texture},
             {
@@ -222,8 +236,8 @@ class AtlasFitter:
             terms["sparsity"] = cfg.w_sparsity * (out["rgb_fg"] * (1 - out["alpha"])).pow(2).mean()
             a1_at = _warp(a1[:, None], grid)[:, 0]
             terms["alpha_flow"] = cfg.w_alpha_flow * (valid * (a0 - a1_at).abs()).mean()
-        flow_terms, rigid = 0.0, 0.0
-        for name, mapping in model.mappings().items():
+        flow_terms, rigid = torch.zeros(()), torch.zeros(())
+        for name, mapping in (model.mappings() if cfg.lr_mapping > 0 else {}).items():  # frozen: no terms
             uv = out[f"uv_{name}"]
             uv1_at = _warp(uv[P:].permute(0, 3, 1, 2), grid).permute(0, 2, 3, 1)  # P, H, W, 2
             err = ((uv[:P] - uv1_at) * self.px_per_uv[name]).pow(2).sum(-1).add(1e-4).sqrt()
@@ -305,10 +319,23 @@ class AtlasFitter:
         return result
 
 
+def atlas_scale(uv: np.ndarray, to_px) -> float:
+    """Atlas px per frame px of a mapping (T, H, W, 2): the median over pixels and frames of
+    sqrt(|det J|) of frame px -> atlas px (finite differences; every 4th frame)."""
+    sx, _, sy, _ = to_px
+    u, v = uv[::4, ..., 0] * sx, uv[::4, ..., 1] * sy  # t, H, W atlas px
+    ux, vx = u[:, :-1, 1:] - u[:, :-1, :-1], v[:, :-1, 1:] - v[:, :-1, :-1]
+    uy, vy = u[:, 1:, :-1] - u[:, :-1, :-1], v[:, 1:, :-1] - v[:, :-1, :-1]
+    return float(np.sqrt(np.median(np.abs(ux * vy - uy * vx))))
+
+
 def drift(uv: np.ndarray, to_px, flows: dict[str, np.ndarray], alpha: np.ndarray | None, layer: str,
-          scale: float = 1.0) -> float:  # fmt: skip
-    """Mean |uv_t(p) - uv_{t+1}(p + flow)| in atlas px divided by `scale` (atlas px per frame px), over
-    trusted forward-flow pixels p that belong to `layer` (alpha > 0.5 for fg, <= 0.5 for bg)."""
+          scale: float | None = None) -> float:  # fmt: skip
+    """Mean |uv_t(p) - uv_{t+1}(p + flow)| in atlas px divided by `scale` (atlas px per frame px; None:
+    measured, `atlas_scale`), over trusted forward-flow pixels p that belong to `layer` (alpha > 0.5
+    for fg, <= 0.5 for bg): how far an edit slides over the content per frame, in frame px."""
+    if scale is None:
+        scale = atlas_scale(uv, to_px)
     sx, _, sy, _ = to_px
     total, count = 0.0, 0
     H, W = uv.shape[1:3]

@@ -61,6 +61,7 @@ class AtlasData:
     flow: dict[str, np.ndarray] | None = None
     model_state: dict | None = None  # fitted model state + its config, saved as model.pt
     meta: dict = field(default_factory=dict)  # fitting config, preset, seed, timings, versions
+    gain: np.ndarray | None = None  # T, 3 float32 per-frame RGB exposure gain of the fit (None: all 1)
 
     def layer(self, name: str) -> AtlasLayer:
         for lay in self.layers:
@@ -135,7 +136,10 @@ def save_atlas(folder: str | Path, data: AtlasData) -> None:
 
     psnr = [float(p) for p in data.psnr]
     mean_psnr = float(np.mean(psnr)) if psnr else None
-    write_json_atomic(folder / "metrics.json", {"psnr": psnr, "psnr_mean": mean_psnr})
+    metrics = {"psnr": psnr, "psnr_mean": mean_psnr}
+    if data.gain is not None:
+        metrics["gain"] = [[round(float(v), 5) for v in g] for g in data.gain]
+    write_json_atomic(folder / "metrics.json", metrics)
     files["metrics"] = "metrics.json"
 
     fps = working_fps(data.info)
@@ -305,6 +309,13 @@ def load_atlas(folder: str | Path, with_frames: bool = True) -> AtlasData:
     model_state = load_model_state(folder / files["model"]) if "model" in files else None
     metrics = _load_json(folder / files.get("metrics", "metrics.json"))
     psnr = [float(p) for p in metrics.get("psnr", [])]
+    gain = None
+    if metrics.get("gain") is not None:
+        gain = np.asarray(metrics["gain"], np.float32)
+        if gain.shape != (t, 3) or not np.isfinite(gain).all():
+            raise InputError(f"{folder / 'metrics.json'} has a gain that is not {t} finite RGB triples",
+                             _redo(folder))  # fmt: skip
+        gain = np.maximum(gain, 0)
 
     if with_frames:
         frames = np.stack([_load_png(folder / files["frames"] / f"{i:05d}.png", (h, w, 3)) for i in range(t)])
@@ -325,6 +336,7 @@ def load_atlas(folder: str | Path, with_frames: bool = True) -> AtlasData:
         flow=flow,
         model_state=model_state,
         meta=dict(index.get("meta") or {}),
+        gain=gain,
     )
 
 

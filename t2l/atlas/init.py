@@ -55,7 +55,7 @@ def _chain(steps: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _to_normalised(chain: list[np.ndarray], points: list[np.ndarray], size: tuple[int, int], margin: int,
-                   max_px: int) -> tuple[np.ndarray, tuple[int, int]]:  # fmt: skip
+                   max_px: int, density: float = 1.0) -> tuple[np.ndarray, tuple[int, int]]:  # fmt: skip
     """Turn frame->reference px maps into normalised-frame -> normalised-atlas homographies.
 
     The atlas covers the bounding box of `points` (per frame, N,2 px) mapped into the reference, plus
@@ -70,7 +70,7 @@ def _to_normalised(chain: list[np.ndarray], points: list[np.ndarray], size: tupl
     allp = np.concatenate(mapped)
     x0, y0 = allp.min(0) - margin
     x1, y1 = allp.max(0) + margin
-    scale = min(1.0, math.sqrt(max_px / max((x1 - x0) * (y1 - y0), 1.0)))
+    scale = min(density, math.sqrt(max_px / max((x1 - x0) * (y1 - y0), 1.0)))
     Wa, Ha = max(8, math.ceil((x1 - x0) * scale)), max(8, math.ceil((y1 - y0) * scale))
     to_px = np.array([[W / 2, 0, W / 2 - 0.5], [0, H / 2, H / 2 - 0.5], [0, 0, 1]])  # normalised -> px index
     to_atlas = np.array([[scale, 0, -scale * x0 + 0.5], [0, scale, -scale * y0 + 0.5], [0, 0, 1]])
@@ -98,12 +98,12 @@ def initial_geometry(masks: np.ndarray | None, flows: dict[str, np.ndarray], siz
 
     cam = camera(affine=False)
     chain = _chain(cam)
-    bg_h0, bg_size = _to_normalised(chain, [corners] * T, size, cfg.margin, cfg.max_atlas_px)
+    bg_h0, bg_size = _to_normalised(chain, [corners] * T, size, cfg.margin, cfg.max_atlas_px, cfg.density)
     unscaled = _to_normalised(chain, [corners] * T, size, cfg.margin, 10**12)[1]
     folds = any((np.c_[corners, np.ones(4)] @ g[2]).min() <= 0 for g in chain)
     if folds or unscaled[0] * unscaled[1] > 25 * H * W:  # chained perspective blew up: affine motion instead
         cam = camera(affine=True)
-        bg_h0, bg_size = _to_normalised(_chain(cam), [corners] * T, size, cfg.margin, cfg.max_atlas_px)
+        bg_h0, bg_size = _to_normalised(_chain(cam), [corners] * T, size, cfg.margin, cfg.max_atlas_px, cfg.density)
     geo = {"bg_h0": bg_h0, "bg_size": bg_size, "fg_h0": None, "fg_size": None}
     if masks is None:
         return geo
@@ -117,7 +117,7 @@ def initial_geometry(masks: np.ndarray | None, flows: dict[str, np.ndarray], siz
             h = np.array([[1, 0, shift[1]], [0, 1, shift[0]], [0, 0, 1]], np.float64)
         obj.append(h if h is not None else cam[t])
     points = [np.argwhere(m)[:, ::-1].astype(np.float64) for m in masks]
-    fg_h0, fg_size = _to_normalised(_chain(obj), points, size, 2 * cfg.margin, cfg.max_atlas_px // 2)
+    fg_h0, fg_size = _to_normalised(_chain(obj), points, size, 2 * cfg.margin, cfg.max_atlas_px // 2, cfg.density)
     geo.update(fg_h0=fg_h0, fg_size=fg_size)
     return geo
 

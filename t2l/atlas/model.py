@@ -36,7 +36,7 @@ class AtlasModelConfig:
     width: int  # W
     bg_size: tuple[int, int]  # (Ha, Wa) background atlas image
     fg_size: tuple[int, int] | None = None  # (Hf, Wf) foreground atlas image; None = one layer
-    grid: tuple[int, int] = (6, 10)  # per-frame displacement grid (rows, cols)
+    grid: tuple[int, int] = (12, 20)  # per-frame displacement grid (rows, cols)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -114,6 +114,8 @@ def _render_frame(data: AtlasData, t: int, sampled: list, frame: np.ndarray) -> 
     if data.alpha is not None:
         fg_alpha = upsample(torch.from_numpy(np.ascontiguousarray(data.alpha[t], dtype=np.float32))[None])
 
+    # the edit is lit like the footage: a fade or an exposure change of the fit (gain) dims it too
+    gain = None if data.gain is None else torch.from_numpy(np.asarray(data.gain[t], np.float32))[:, None, None]
     premul = torch.zeros(3, h2, w2)  # sum over layers of weight * a_e * c_e (0-255)
     cover = torch.zeros(1, h2, w2)  # sum over layers of weight * a_e, in [0,1]
     for lay, edit in sampled:
@@ -125,6 +127,8 @@ def _render_frame(data: AtlasData, t: int, sampled: list, frame: np.ndarray) -> 
         premul += weight * s[:3]
         cover += weight * s[3:]
 
+    if gain is not None:
+        premul = premul * gain
     touched = cover > 0  # 1, H2, W2
     # I + sum_l w_l (P_l - a_l I)  ==  A*c + (1-A)*I  with A = cover, c = premul / A
     out = image + premul - cover * image

@@ -62,8 +62,8 @@ class AtlasPreset:
 
 
 PRESETS = {
-    "draft": AtlasPreset(size=432, pairs=2, grid=(6, 10), min_steps=300, steps_per_frame=12),
-    "quality": AtlasPreset(size=768, pairs=4, grid=(8, 14), min_steps=1500, steps_per_frame=40),
+    "draft": AtlasPreset(size=432, pairs=2, grid=(12, 20), min_steps=300, steps_per_frame=12),
+    "quality": AtlasPreset(size=768, pairs=4, grid=(16, 28), min_steps=1500, steps_per_frame=40),
 }
 PRESET_NAMES = ("auto", *PRESETS)
 
@@ -388,7 +388,8 @@ class AtlasRun:
 
         yield phase("init")
         t0 = time.perf_counter()
-        self.fitter = fitter = AtlasFitter(frames, fg_masks, flows, fit_cfg, device=self.device, state=state)
+        self.fitter = fitter = AtlasFitter(frames, fg_masks, flows, fit_cfg, device=self.device, state=state,
+                                           progress=lambda d, t: self._tick("init", d, t))  # fmt: skip
         self.timings["init_s"] = time.perf_counter() - t0
         packed = np.packbits(fg_masks) if fg_masks is not None else None
         yield Note(
@@ -463,6 +464,7 @@ class AtlasRun:
             alpha=res.alpha,
             reconstruction=res.reconstruction,
             psnr=res.psnr,
+            gain=res.gain,
             masks=fg_masks,
             flow={k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in flows.items()},
             model_state=model_state,
