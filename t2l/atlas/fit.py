@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from t2l.atlas.coords import grid_uv_to_px, texel_index
 from t2l.atlas.init import initial_geometry, initial_textures
 from t2l.atlas.model import AtlasModel, AtlasModelConfig
-from t2l.atlas.register import register_frames
+from t2l.atlas.register import register_frames, track_frames
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ class FitConfig:
     margin: int = 6  # atlas margin around what the frames cover (px)
     max_atlas_px: int = 4_000_000  # atlases larger than this are stored at a lower resolution
     density: float = 1.5  # atlas px per frame px of the reference frame (> 1: resampling blurs less)
+    track: bool = True  # (two layers) a sequential fg pass along the flow before the registration passes
+    track_smooth: float = 0.2  # smoothness of the grids in that pass (register.py)
     register_passes: int = 2  # frame-to-atlas registration passes before the optimisation (register.py)
     register_smooth: float = 0.05  # smoothness of the registered displacement grids
     seed: int = 0
@@ -152,6 +154,9 @@ class AtlasFitter:
             fg_h0 = torch.from_numpy(geo["fg_h0"]) if geo["fg_h0"] is not None else None
             self.model = AtlasModel(mcfg, torch.from_numpy(geo["bg_h0"]), fg_h0).to(self.device)
             initial_textures(self.model, self.frames, self.masks)
+            if cfg.track and self.model.layered:
+                track_frames(self.model, self.frames, self.masks, flows, cfg.track_smooth)
+                initial_textures(self.model, self.frames, self.masks)
             if cfg.register_passes:
                 self.register_residuals = register_frames(
                     self.model, self.frames, self.masks, cfg.register_passes, cfg.register_smooth,
@@ -319,14 +324,17 @@ class AtlasFitter:
         return result
 
 
-def atlas_scale(uv: np.ndarray, to_px) -> float:
-    """Atlas px per frame px of a mapping (T, H, W, 2): the median over pixels and frames of
-    sqrt(|det J|) of frame px -> atlas px (finite differences; every 4th frame)."""
+def atlas_scale(uv: np.ndarray, to_px, where: np.ndarray | None = None) -> float:
+    """Atlas px per frame px of a mapping (T, H, W, 2): the median of sqrt(|det J|) of frame px ->
+    atlas px (finite differences) over every 4th frame, at the pixels `where` (T, H, W bool) if given."""
     sx, _, sy, _ = to_px
     u, v = uv[::4, ..., 0] * sx, uv[::4, ..., 1] * sy  # t, H, W atlas px
     ux, vx = u[:, :-1, 1:] - u[:, :-1, :-1], v[:, :-1, 1:] - v[:, :-1, :-1]
     uy, vy = u[:, 1:, :-1] - u[:, :-1, :-1], v[:, 1:, :-1] - v[:, :-1, :-1]
-    return float(np.sqrt(np.median(np.abs(ux * vy - uy * vx))))
+    det = np.abs(ux * vy - uy * vx)
+    if where is not None and where[::4, :-1, :-1].any():
+        det = det[where[::4, :-1, :-1]]
+    return float(np.sqrt(np.median(det)))
 
 
 def drift(uv: np.ndarray, to_px, flows: dict[str, np.ndarray], alpha: np.ndarray | None, layer: str,
@@ -335,7 +343,8 @@ def drift(uv: np.ndarray, to_px, flows: dict[str, np.ndarray], alpha: np.ndarray
     measured, `atlas_scale`), over trusted forward-flow pixels p that belong to `layer` (alpha > 0.5
     for fg, <= 0.5 for bg): how far an edit slides over the content per frame, in frame px."""
     if scale is None:
-        scale = atlas_scale(uv, to_px)
+        mine = None if alpha is None else (alpha > 0.5 if layer == "fg" else alpha <= 0.5)
+        scale = atlas_scale(uv, to_px, mine)
     sx, _, sy, _ = to_px
     total, count = 0.0, 0
     H, W = uv.shape[1:3]

@@ -200,37 +200,57 @@ def _estimate_gain(model: AtlasModel, frames: torch.Tensor, chunk: int) -> torch
 
 @torch.no_grad()
 def _splat_textures(model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor | None, chunk: int) -> None:
-    dev = frames.device
-    accs = {name: (np.zeros((tex.shape[1], tex.shape[2] * tex.shape[3])), np.zeros(tex.shape[2] * tex.shape[3]))
-            for name, tex in model.textures().items()}  # fmt: skip
-    T = len(frames)
-    gain = model.gain.detach().clamp(min=0).cpu().numpy().astype(np.float64)  # T, 3
-    for s in range(0, T, chunk):
-        t = torch.arange(s, min(T, s + chunk), device=dev)
+    acc = TextureSplat(model)
+    for s in range(0, len(frames), chunk):
+        acc.add(model, frames, masks, torch.arange(s, min(len(frames), s + chunk), device=frames.device))
+    acc.write(model)
+
+
+class TextureSplat:
+    """Running sums of the frame pixels splatted into each atlas (what `initial_textures` averages),
+    so textures can be made from any subset of frames, one frame at a time (t2l/atlas/register.py)."""
+
+    def __init__(self, model: AtlasModel):
+        self.accs = {name: (np.zeros((tex.shape[1], tex.shape[2] * tex.shape[3])), np.zeros(tex.shape[2] * tex.shape[3]))
+                     for name, tex in model.textures().items()}  # fmt: skip
+
+    @torch.no_grad()
+    def add(self, model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor | None, t: torch.Tensor) -> None:
+        """Splat frames t (B,) at their current mappings, divided by the model's gain."""
+        gain = model.gain.detach()[t].clamp(min=0).cpu().numpy().astype(np.float64)  # B, 3
         n_px = int(np.prod(frames.shape[1:3]))
-        g = np.repeat(gain[s : s + len(t)], n_px, axis=0)  # N, 3
+        g = np.repeat(gain, n_px, axis=0)  # N, 3
         rgb = frames[t].reshape(-1, 3).cpu().numpy() / 255.0 / np.maximum(g, 1e-3)  # N, 3
         gw = np.minimum(g.mean(1), 1.0) ** 2  # N: dim frames count less
         m = masks[t].reshape(-1).cpu().numpy().astype(np.float64) if masks is not None else np.zeros(len(rgb))
         for name, mapping in model.mappings().items():
             uv = mapping(t, model.xy1).reshape(-1, 2).cpu().numpy().astype(np.float64)
             if name == "bg":
-                _splat(uv, rgb, (1 - m + 1e-4) * gw, model.cfg.bg_size, *accs[name])
+                _splat(uv, rgb, (1 - m + 1e-4) * gw, model.cfg.bg_size, *self.accs[name])
             else:  # colour from masked pixels only; the 4th channel averages the mask itself
                 values = np.concatenate([rgb * m[:, None], m[:, None]], 1)
-                _splat(uv, values, gw + 1e-6, model.cfg.fg_size, *accs[name])
-    for name, tex in model.textures().items():
-        acc, wacc = accs[name]
-        Ha, Wa = tex.shape[2:]
-        acc = acc.reshape(-1, Ha, Wa).astype(np.float32)
-        wacc = wacc.reshape(Ha, Wa).astype(np.float32)
-        if name == "bg":
-            filled = _fill(acc, wacc, np.full(3, 0.5))
-            tex.copy_(torch.from_numpy(filled).float()[None])
-        else:
-            cover = acc[3] / np.maximum(wacc, 1e-6)  # fraction of masked pixels per texel
-            rgb = _fill(acc[:3], acc[3].copy(), np.full(3, 0.5))
-            c = np.clip(cover, 0.003, 0.997)
-            logit = np.log(c / (1 - c))
-            logit[wacc <= 1e-3] = -6.0
-            tex.copy_(torch.from_numpy(np.concatenate([rgb, logit[None]])).float()[None])
+                _splat(uv, values, gw + 1e-6, model.cfg.fg_size, *self.accs[name])
+
+    @torch.no_grad()
+    def write(self, model: AtlasModel) -> dict[str, np.ndarray]:
+        """Set the model's textures to the averages so far. Returns per layer which texels have data
+        (Ha, Wa bool: for the background, unmasked pixels; for the foreground, masked ones)."""
+        known = {}
+        for name, tex in model.textures().items():
+            acc, wacc = self.accs[name]
+            Ha, Wa = tex.shape[2:]
+            acc = acc.reshape(-1, Ha, Wa).astype(np.float32)
+            wacc = wacc.reshape(Ha, Wa).astype(np.float32)
+            if name == "bg":
+                filled = _fill(acc, wacc, np.full(3, 0.5))
+                tex.copy_(torch.from_numpy(filled).float().to(tex.device)[None])
+                known[name] = wacc > 1e-3
+            else:
+                cover = acc[3] / np.maximum(wacc, 1e-6)  # fraction of masked pixels per texel
+                rgb = _fill(acc[:3], acc[3].copy(), np.full(3, 0.5))
+                c = np.clip(cover, 0.003, 0.997)
+                logit = np.log(c / (1 - c))
+                logit[wacc <= 1e-3] = -6.0
+                tex.copy_(torch.from_numpy(np.concatenate([rgb, logit[None]])).float().to(tex.device)[None])
+                known[name] = acc[3] > 1e-3
+        return known

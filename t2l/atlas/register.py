@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,9 @@ import torch.nn.functional as F
 from t2l.atlas.flow import consistency, dis_flow, sample, to_gray
 from t2l.atlas.model import AtlasModel
 from t2l.atlas.separate import textured
+
+
+_K5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 
 
 def grid_basis(cells: int, pixels: int) -> torch.Tensor:
@@ -84,6 +88,113 @@ def solve_grid(target: torch.Tensor, weight: torch.Tensor, grid: tuple[int, int]
     return sol.T.reshape(2, gh, gw)
 
 
+def _solve_layer(model: AtlasModel, name: str, t: int, target_uv: np.ndarray, uv: np.ndarray, wgt: np.ndarray,
+                 smooth: float, anchor: torch.Tensor | None = None) -> bool:  # fmt: skip
+    """Re-solve layer `name`'s grid of frame t so its mapping moves from uv towards target_uv (H, W, 2)
+    where wgt (H, W float) > 0. anchor: 2, gh, gw grid the cells without data stay near (default:
+    the current one). Returns False (nothing changed) with too few trusted pixels."""
+    if wgt.sum() < 50:
+        return False
+    mapping = model.mappings()[name]
+    H, W = wgt.shape
+    disp = mapping.disp[t]  # 2, gh, gw
+    up = F.interpolate(disp[None], size=(H, W), mode="bilinear", align_corners=True)[0]
+    target = torch.from_numpy(target_uv - uv) + up.permute(1, 2, 0).cpu()  # H, W, 2 uv units
+    Ha, Wa = model.cfg.bg_size if name == "bg" else model.cfg.fg_size
+    px = torch.tensor([Wa / 2, Ha / 2])[:, None, None]  # atlas px per uv unit
+    current = (disp if anchor is None else anchor).cpu() * px
+    new = solve_grid(target * px[:, 0, 0], torch.from_numpy(wgt), tuple(disp.shape[1:]), smooth, current)
+    mapping.disp[t] = (new / px).to(disp.device)
+    return True
+
+
+def _register_one(model: AtlasModel, t: int, frame: np.ndarray, mask: np.ndarray | None, smooth: float,
+                  preset: str, max_error: float, known: dict[str, np.ndarray] | None = None,
+                  layers: tuple[str, ...] = ("bg", "fg")) -> tuple[float, int]:  # fmt: skip
+    """Register frame t (H, W, 3 uint8) to its reconstruction and re-solve each layer's grid.
+    known: per layer, the texels that hold data (others are hole-filled guesses: not matched against).
+    Returns (sum of trusted residuals in frame px, their count)."""
+    H, W = frame.shape[:2]
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
+    out = model(torch.tensor([t], device=model.xy1.device))
+    rec = (out["rgb"][0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    a, b = to_gray(frame), to_gray(rec)
+    f = dis_flow(a, b, preset)  # frame px -> where its content is in the rendering
+    g = dis_flow(b, a, preset)
+    ok = consistency(f, g, max_error) & textured(frame)
+    mx, my = xs + f[..., 0], ys + f[..., 1]
+    alpha = out["alpha"][0, 0].cpu().numpy() if model.layered else None
+    a_at = sample(alpha, mx, my) if alpha is not None else None
+    for name in (n for n in model.mappings() if n in layers):
+        uv = out[f"uv_{name}"][0].cpu().numpy()  # H, W, 2
+        uv_at = sample(uv, mx, my)  # where the pixel's content is mapped now
+        layer = np.ones((H, W), bool) if a_at is None else (a_at > 0.5 if name == "fg" else a_at <= 0.5)
+        if mask is not None and name == "fg":
+            layer &= mask
+        if known is not None:
+            layer &= _known_at(known[name], uv_at, model, name)
+        _solve_layer(model, name, t, uv_at, uv, (ok & layer).astype(np.float32), smooth)
+    mag = np.linalg.norm(f, axis=-1)
+    return float(mag[ok].sum()), int(ok.sum())
+
+
+def _known_at(known: np.ndarray, uv: np.ndarray, model: AtlasModel, name: str) -> np.ndarray:
+    """Whether the texel at atlas uv (H, W, 2) holds data (known: Ha, Wa bool). Returns H, W bool."""
+    k = torch.from_numpy(known.astype(np.float32))[None, None]
+    s = model.sample(k, torch.from_numpy(np.ascontiguousarray(uv))[None])  # 1, 1, H, W
+    return s[0, 0].numpy() > 0.99
+
+
+def _propagate(model: AtlasModel, t: int, flows: dict[str, np.ndarray], masks: np.ndarray | None,
+               smooth: float, layers: tuple[str, ...] = ("bg", "fg")) -> None:  # fmt: skip
+    """Frame t's grids from frame t-1's mappings carried along the flow: uv_t(p) = uv_{t-1}(p + flow_{t->t-1}(p))
+    on trusted pixels of each layer; cells without any keep frame t-1's grid."""
+    H, W = model.cfg.height, model.cfg.width
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
+    bwd = np.asarray(flows["backward"][t - 1], np.float32)  # t -> t-1
+    ok = flows["backward_valid"][t - 1]
+    mx, my = xs + bwd[..., 0], ys + bwd[..., 1]
+    prev = model(torch.tensor([t - 1], device=model.xy1.device))
+    cur = model(torch.tensor([t], device=model.xy1.device))
+    for name, mapping in ((n, m) for n, m in model.mappings().items() if n in layers):
+        layer = np.ones((H, W), bool)
+        if masks is not None:  # away from the boundaries, where flow is least reliable
+            m_prev = sample(masks[t - 1].astype(np.float32), mx, my)
+            inner = cv2.erode(masks[t].astype(np.uint8), _K5).astype(bool)
+            outer = ~cv2.dilate(masks[t].astype(np.uint8), _K5).astype(bool)
+            layer = (inner & (m_prev > 0.99)) if name == "fg" else (outer & (m_prev < 0.01))
+        uv_prev = sample(prev[f"uv_{name}"][0].cpu().numpy(), mx, my)
+        uv = cur[f"uv_{name}"][0].cpu().numpy()
+        _solve_layer(model, name, t, uv_prev, uv, (ok & layer).astype(np.float32), smooth,
+                     anchor=mapping.disp[t - 1])  # fmt: skip
+
+
+@torch.no_grad()
+def track_frames(model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor | None, flows: dict[str, np.ndarray],
+                 smooth: float = 0.05, preset: str = "medium", max_error: float = 1.0,
+                 layers: tuple[str, ...] = ("fg",), progress: Callable[[int, int], None] | None = None) -> None:  # fmt: skip
+    """One pass in frame order: each frame's grids start from the previous frame's mappings carried
+    along the flow, are then registered to the atlas made of the frames before it (sharp: no later
+    frame has blurred it), and the frame is added to that atlas. This follows motion a single chain
+    of homographies cannot (two objects going apart, a character changing shape), without the drift
+    that chaining flow alone accumulates. The textures are left as the average of all frames."""
+    from t2l.atlas.init import TextureSplat  # init imports this module's users
+
+    T = len(frames)
+    m_np = masks.cpu().numpy() if masks is not None else None
+    acc = TextureSplat(model)
+    acc.add(model, frames, masks, torch.tensor([0], device=frames.device))
+    known = acc.write(model)
+    for t in range(1, T):
+        _propagate(model, t, flows, m_np, smooth, layers)
+        _register_one(model, t, frames[t].cpu().numpy(), None if m_np is None else m_np[t], smooth, preset,
+                      max_error, known, layers)  # fmt: skip
+        acc.add(model, frames, masks, torch.tensor([t], device=frames.device))
+        known = acc.write(model)
+        if progress is not None:
+            progress(t + 1, T)
+
+
 @torch.no_grad()
 def register_frames(model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor | None, passes: int = 2,
                     smooth: float = 0.05, preset: str = "medium", max_error: float = 1.0,
@@ -101,46 +212,17 @@ def register_frames(model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor
     """
     from t2l.atlas.init import initial_textures  # init imports this module's users
 
-    T, H, W = frames.shape[:3]
-    ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
+    T = len(frames)
+    m_np = masks.cpu().numpy() if masks is not None else None
     residuals = []
-    sizes = {"bg": model.cfg.bg_size, "fg": model.cfg.fg_size}
     for p in range(passes):
         total, count = 0.0, 0
         for t in range(T):
-            tt = torch.tensor([t], device=frames.device)
-            out = model(tt)
-            frame = frames[t].cpu().numpy()
-            rec = (out["rgb"][0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-            a, b = to_gray(frame), to_gray(rec)
-            f = dis_flow(a, b, preset)  # frame px -> where its content is in the rendering
-            g = dis_flow(b, a, preset)
-            ok = consistency(f, g, max_error) & textured(frame)
-            mx, my = xs + f[..., 0], ys + f[..., 1]
-            mag = np.linalg.norm(f, axis=-1)
-            total, count = total + float(mag[ok].sum()), count + int(ok.sum())
-            alpha = out["alpha"][0, 0].cpu().numpy() if model.layered else None
-            a_at = sample(alpha, mx, my) if alpha is not None else None
-            for name, mapping in model.mappings().items():
-                uv = out[f"uv_{name}"][0].cpu().numpy()  # H, W, 2
-                uv_at = sample(uv, mx, my)  # where the pixel's content is mapped now
-                layer = np.ones((H, W), bool) if a_at is None else (a_at > 0.5 if name == "fg" else a_at <= 0.5)
-                if masks is not None and name == "fg":
-                    layer &= masks[t].cpu().numpy()
-                wgt = (ok & layer).astype(np.float32)
-                if wgt.sum() < 50:
-                    continue
-                disp = mapping.disp[t]  # 2, gh, gw
-                up = F.interpolate(disp[None], size=(H, W), mode="bilinear", align_corners=True)[0]
-                target = torch.from_numpy(uv_at - uv) + up.permute(1, 2, 0).cpu()  # H, W, 2 uv units
-                Ha, Wa = sizes[name]
-                px = torch.tensor([Wa / 2, Ha / 2])  # atlas px per uv unit
-                new = solve_grid(target * px, torch.from_numpy(wgt), tuple(disp.shape[1:]), smooth,
-                                 disp.cpu() * px[:, None, None])  # fmt: skip
-                mapping.disp[t] = (new / px[:, None, None]).to(disp.device)
+            r, n = _register_one(model, t, frames[t].cpu().numpy(), None if m_np is None else m_np[t], smooth,
+                                 preset, max_error)  # fmt: skip
+            total, count = total + r, count + n
             if progress is not None:
                 progress(p * T + t + 1, passes * T)
         residuals.append(total / max(count, 1))
         initial_textures(model, frames, masks)
     return residuals
-
