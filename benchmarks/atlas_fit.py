@@ -10,7 +10,7 @@ the TRUE motion) and peak resident memory. Each case runs in a fresh process so 
 
 Drift: for trusted forward-flow pixels p of frame t belonging to a layer (alpha > 0.5 for fg),
 |uv_t(p) - uv_{t+1}(p + flow(p))| in atlas pixels divided by the atlas-pixel-per-frame-pixel scale
-(1 here: atlases are stored at frame resolution unless they exceed max_atlas_px).
+(measured per layer: the median sqrt|det J| of its mapping, ~1.5 by default; t2l.atlas.fit.atlas_scale).
 """
 
 from __future__ import annotations

@@ -327,7 +327,7 @@ class VideoRun(TrainingRun):
         from t2l.atlas.render import render_edit
 
         t = self.crops.eligible[len(self.crops.eligible) // 2]
-        video, _ = render_edit(self.data, {self.cfg.layer: edit}, self.data.frames[t : t + 1])
+        video, _ = render_edit(self.data, {self.cfg.layer: edit}, self.data.frames[t : t + 1], first=t)
         save_png(video[0], self.out_dir / "snapshots" / f"step{step:05d}_frame{t:05d}.png")
         return path
 

@@ -126,3 +126,25 @@ def test_texture_holes_are_filled_from_neighbours():
     out = _fill(acc, w, np.full(3, 0.5))
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, 0.25, atol=1e-5)
+
+
+def test_a_fit_resumes_with_its_own_grid_and_mapping_rate(clip):
+    """A state saved before registration (6x10 grid, mappings learned at 3e-4) resumes as it started,
+    under today's defaults (12x20, mappings held): same grid, mappings still learning."""
+    c, flows, _ = clip
+    old = FitConfig(steps=4, seed=1, grid=(6, 10), lr_mapping=3e-4, register_passes=0, track=False)
+    fitter = AtlasFitter(c.frames, None, flows, old)
+    list(fitter.run())
+    state = fitter.state_dict()
+    del state["fit_config"]["lr_mapping"]  # as written by t2l <= 0.1: the rate is implied
+    again = AtlasFitter(c.frames, None, flows, FitConfig(steps=8, seed=1), state=state)
+    assert again.model.cfg.grid == (6, 10) and again.cfg.grid == (6, 10)
+    assert again.cfg.lr_mapping == 3e-4 and again.model.bg_map.disp.requires_grad
+    before = again.model.bg_map.disp.detach().clone()
+    list(again.run())
+    assert not torch.equal(before, again.model.bg_map.disp.detach())
+    # and a new fit holds its registered mappings: no gradient reaches them
+    held = AtlasFitter(c.frames, None, flows, FitConfig(steps=2, seed=1, register_passes=0))
+    before = held.model.bg_map.disp.detach().clone()
+    list(held.run())
+    assert not held.model.bg_map.disp.requires_grad and torch.equal(before, held.model.bg_map.disp)

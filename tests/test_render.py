@@ -344,6 +344,11 @@ def test_edit_is_dimmed_with_the_frame_gain(square_atlas, tmp_path):
     assert (np.abs(out[1, ys, xs] - np.array(sq.RED) * (0.5, 0.25, 1.0)) <= 1).all()
     assert (out[0][layer[0, ..., 3] == 255] == 0).all()  # full cover on a black-gain frame: black
     np.testing.assert_array_equal(out[2:], ref[2:])  # gain 1: unchanged
+    # a few frames from the middle use their own mapping and gain (not frame 0's)
+    mid, _ = render_edit(dim, {"fg": sq.fg_patch_edit()}, dim.frames[1:3], first=1)
+    np.testing.assert_array_equal(mid, out[1:3])
     # the gain travels in the folder (metrics.json) and comes back
     save_atlas(tmp_path / "a", dim)
     np.testing.assert_allclose(load_atlas(tmp_path / "a").gain, gain)
+    save_atlas(tmp_path / "b", data)  # no gain (atlases written before it): None, edits undimmed
+    assert load_atlas(tmp_path / "b").gain is None

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -148,20 +148,30 @@ class AtlasFitter:
             if unexpected or set(missing) - {"gain"}:  # states from before the gain keep gain 1
                 raise ValueError(f"saved model does not match: missing {missing}, unexpected {unexpected}")
             self.step = int(state["step"])
+            # a fit resumes as it started: its grid, and mappings learned or held (states from before
+            # registration learned them at 3e-4)
+            saved = state.get("fit_config") or {}
+            cfg = self.cfg = replace(cfg, grid=mcfg.grid, lr_mapping=float(saved.get("lr_mapping", 3e-4)))
         else:
             geo = initial_geometry(masks, flows, (H, W), cfg)
             mcfg = AtlasModelConfig(T, H, W, geo["bg_size"], geo["fg_size"], cfg.grid)
             fg_h0 = torch.from_numpy(geo["fg_h0"]) if geo["fg_h0"] is not None else None
             self.model = AtlasModel(mcfg, torch.from_numpy(geo["bg_h0"]), fg_h0).to(self.device)
             initial_textures(self.model, self.frames, self.masks)
-            if cfg.track and self.model.layered:
-                track_frames(self.model, self.frames, self.masks, flows, cfg.track_smooth)
+            tracked = T if cfg.track and self.model.layered else 0
+            total = tracked + T * cfg.register_passes  # frames to register, for progress
+            if tracked:
+                track_frames(self.model, self.frames, self.masks, flows, cfg.track_smooth,
+                             progress=progress and (lambda d, _: progress(d, total)))  # fmt: skip
                 initial_textures(self.model, self.frames, self.masks)
             if cfg.register_passes:
                 self.register_residuals = register_frames(
                     self.model, self.frames, self.masks, cfg.register_passes, cfg.register_smooth,
-                    progress=progress,
+                    progress=progress and (lambda d, _: progress(tracked + d, total)),
                 )
+        if cfg.lr_mapping == 0:  # held: no gradients through the mappings (the group stays, for old states)
+            for m in self.model.mappings().values():
+                m.requires_grad_(False)
         groups = [
             {"params": [self.model.bg_texture], "lr": cfg.lr_texture},
             {
@@ -345,6 +355,7 @@ def drift(uv: np.ndarray, to_px, flows: dict[str, np.ndarray], alpha: np.ndarray
     if scale is None:
         mine = None if alpha is None else (alpha > 0.5 if layer == "fg" else alpha <= 0.5)
         scale = atlas_scale(uv, to_px, mine)
+    scale = max(scale, 1e-6)  # a collapsed mapping: huge drift, not a division by zero
     sx, _, sy, _ = to_px
     total, count = 0.0, 0
     H, W = uv.shape[1:3]

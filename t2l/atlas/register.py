@@ -165,8 +165,9 @@ def _propagate(model: AtlasModel, t: int, flows: dict[str, np.ndarray], masks: n
             layer = (inner & (m_prev > 0.99)) if name == "fg" else (outer & (m_prev < 0.01))
         uv_prev = sample(prev[f"uv_{name}"][0].cpu().numpy(), mx, my)
         uv = cur[f"uv_{name}"][0].cpu().numpy()
-        _solve_layer(model, name, t, uv_prev, uv, (ok & layer).astype(np.float32), smooth,
-                     anchor=mapping.disp[t - 1])  # fmt: skip
+        if not _solve_layer(model, name, t, uv_prev, uv, (ok & layer).astype(np.float32), smooth,
+                            anchor=mapping.disp[t - 1]):  # fmt: skip
+            mapping.disp[t] = mapping.disp[t - 1]  # too little trusted flow: carry the previous grid
 
 
 @torch.no_grad()

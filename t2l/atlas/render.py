@@ -50,7 +50,7 @@ def check_edit(layer: AtlasLayer, edit: np.ndarray, source: str = "edit") -> np.
 
 
 def render_edit(
-    data: AtlasData, edits: dict[str, np.ndarray], frames: np.ndarray | None = None
+    data: AtlasData, edits: dict[str, np.ndarray], frames: np.ndarray | None = None, first: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Composite atlas edits into the video.
 
@@ -60,13 +60,14 @@ def render_edit(
             Layers without an edit keep the original pixels exactly.
         frames: original frames to composite over, uint8 [T, H2, W2, 3]; default data.frames. At another
             size (e.g. the source resolution) uv and alpha are upsampled bilinearly.
+        first: the atlas frame index of frames[0] (render a few frames from the middle).
 
     Returns:
         (frames uint8 [T, H2, W2, 3] with the edit, edit layer uint8 [T, H2, W2, 4] RGBA with straight
         alpha: colour where the edit is, A = its effective coverage in the frame).
     """
     frames = data.frames if frames is None else frames
-    outs, layers = zip(*iter_render(data, edits, frames), strict=True) if len(frames) else ((), ())
+    outs, layers = zip(*iter_render(data, edits, frames, first), strict=True) if len(frames) else ((), ())
     h, w = frames.shape[1:3]
     if not outs:
         return np.zeros((0, h, w, 3), np.uint8), np.zeros((0, h, w, 4), np.uint8)
@@ -74,9 +75,10 @@ def render_edit(
 
 
 def iter_render(
-    data: AtlasData, edits: dict[str, np.ndarray], frames: Iterable[np.ndarray]
+    data: AtlasData, edits: dict[str, np.ndarray], frames: Iterable[np.ndarray], first: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Like render_edit, one frame at a time: yields (frame uint8 [H2, W2, 3], layer uint8 [H2, W2, 4])."""
+    """Like render_edit, one frame at a time: yields (frame uint8 [H2, W2, 3], layer uint8 [H2, W2, 4]).
+    frames are the atlas frames first, first + 1, ..."""
     import torch
 
     unknown = set(edits) - {lay.name for lay in data.layers}
@@ -92,7 +94,7 @@ def iter_render(
             sampled.append((lay, premultiply(straight)))  # premultiplied once, sampled every frame
 
     t_count = data.layers[0].uv.shape[0]
-    for t, frame in enumerate(frames):
+    for t, frame in enumerate(frames, start=first):
         if t >= t_count:
             raise UsageError(f"got more frames than the atlas has ({t_count})")
         yield _render_frame(data, t, sampled, frame)
