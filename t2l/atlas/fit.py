@@ -3,10 +3,13 @@
 Initialisation (t2l/atlas/init.py) does most of the work in seconds: the camera motion (RANSAC
 homographies on the trusted flow outside the masks) is chained into a background mapping, the
 object's own motion (similarities on the flow inside the masks) into a foreground mapping, and the
-textures start as the average of the frames splatted into each atlas. The optimisation then refines
-textures, mappings, displacement grids and the opacity on whole frames, a few random consecutive
-frame pairs per step, with NLA's losses (reconstruction, image gradients, mask bootstrap, sparsity,
-flow consistency of both layers and of the opacity, rigidity of the displacement grids).
+textures start as the average of the frames splatted into each atlas. Registration
+(t2l/atlas/register.py) then solves each frame's displacement grids against its own rendering (and,
+with two layers, tracks the foreground frame by frame first), so the mappings follow parallax and
+non-rigid motion. The optimisation fits the colours: textures, opacity and gain, on whole frames, a
+few random consecutive frame pairs per step, with NLA's losses (reconstruction, image gradients,
+mask bootstrap, sparsity, opacity flow consistency; with `lr_mapping > 0` also flow consistency of
+the mappings and rigidity of the grids, which then learn too).
 
 Long clips: per-frame parameters are 8 + 2*gh*gw numbers and each step touches only `pairs` pairs
 of frames, so memory beyond the frames themselves does not grow with T and the step time is
@@ -136,6 +139,8 @@ class AtlasFitter:
         self.masks = torch.from_numpy(masks).to(self.device) if masks is not None else None  # T, H, W bool
         self.flows = flows
         self.step = 0
+        self.register_residuals: list[float] = []  # mean registration residual (frame px) per pass
+        self.tracked: bool | None = None  # whether the tracking pass was kept (None: not registered here)
         if state is not None:
             mcfg = AtlasModelConfig.from_dict(state["model_config"])
             if (mcfg.frames, mcfg.height, mcfg.width) != (T, H, W):
@@ -148,6 +153,8 @@ class AtlasFitter:
             if unexpected or set(missing) - {"gain"}:  # states from before the gain keep gain 1
                 raise ValueError(f"saved model does not match: missing {missing}, unexpected {unexpected}")
             self.step = int(state["step"])
+            reg = state.get("registration") or {}
+            self.tracked, self.register_residuals = reg.get("tracked"), list(reg.get("residuals", []))
             # a fit resumes as it started: its grid, and mappings learned or held (states from before
             # registration learned them at 3e-4)
             saved = state.get("fit_config") or {}
@@ -158,17 +165,7 @@ class AtlasFitter:
             fg_h0 = torch.from_numpy(geo["fg_h0"]) if geo["fg_h0"] is not None else None
             self.model = AtlasModel(mcfg, torch.from_numpy(geo["bg_h0"]), fg_h0).to(self.device)
             initial_textures(self.model, self.frames, self.masks)
-            tracked = T if cfg.track and self.model.layered else 0
-            total = tracked + T * cfg.register_passes  # frames to register, for progress
-            if tracked:
-                track_frames(self.model, self.frames, self.masks, flows, cfg.track_smooth,
-                             progress=progress and (lambda d, _: progress(d, total)))  # fmt: skip
-                initial_textures(self.model, self.frames, self.masks)
-            if cfg.register_passes:
-                self.register_residuals = register_frames(
-                    self.model, self.frames, self.masks, cfg.register_passes, cfg.register_smooth,
-                    progress=progress and (lambda d, _: progress(tracked + d, total)),
-                )
+            self._register(flows, progress)
         if cfg.lr_mapping == 0:  # held: no gradients through the mappings (the group stays, for old states)
             for m in self.model.mappings().values():
                 m.requires_grad_(False)
@@ -205,6 +202,52 @@ class AtlasFitter:
         }
         self.norm_per_px = torch.tensor([2 / W, 2 / H], device=self.device)
 
+    @torch.no_grad()
+    def _register(self, flows: dict[str, np.ndarray], progress) -> None:
+        """Registration (t2l/atlas/register.py). With two layers both ways are tried and the one that
+        reconstructs the clip better is kept: the passes alone from the chained similarities (best for
+        one rigid object: tracking adds the flow's small errors), or the tracking pass first (needed
+        when the foreground does not move as one piece: two objects, a deforming character)."""
+        cfg, model, T = self.cfg, self.model, len(self.frames)
+        tries = [False, True] if cfg.track and model.layered else [False]
+        total = T * (len(tries) * cfg.register_passes + (len(tries) - 1))  # frames to register
+        done = 0
+
+        def tick(d: int, _total: int) -> None:
+            if progress is not None:
+                progress(done + d, total)
+
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        best = None  # (mse, state, residuals)
+        for track in tries:
+            model.load_state_dict(start)
+            if track:
+                track_frames(model, self.frames, self.masks, flows, cfg.track_smooth, progress=tick)
+                done += T
+                initial_textures(model, self.frames, self.masks)
+            residuals = []
+            if cfg.register_passes:
+                residuals = register_frames(model, self.frames, self.masks, cfg.register_passes,
+                                            cfg.register_smooth, progress=tick)  # fmt: skip
+                done += T * cfg.register_passes
+            mse = self._mse() if len(tries) > 1 else 0.0
+            if best is None or mse < best[0]:
+                best = (mse, {k: v.clone() for k, v in model.state_dict().items()} if len(tries) > 1 else None,
+                        residuals, track)  # fmt: skip
+        if best[1] is not None:
+            model.load_state_dict(best[1])
+        self.register_residuals, self.tracked = best[2], best[3]
+
+    @torch.no_grad()
+    def _mse(self, chunk: int = 4) -> float:
+        """Mean squared reconstruction error of every frame ([0,1] units)."""
+        total = 0.0
+        for s in range(0, len(self.frames), chunk):
+            t = torch.arange(s, min(len(self.frames), s + chunk), device=self.device)
+            target = self.frames[t].permute(0, 3, 1, 2).float() / 255
+            total += float((self.model(t)["rgb"].clamp(0, 1) - target).pow(2).mean((1, 2, 3)).sum())
+        return total / len(self.frames)
+
     # -- state --------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
@@ -217,6 +260,7 @@ class AtlasFitter:
             "step": self.step,
             "sampler": self._sampler_at_step.clone(),
             "fit_config": asdict(self.cfg),
+            "registration": {"tracked": self.tracked, "residuals": list(self.register_residuals)},
         }
 
     # -- one step -----------------------------------------------------------------------------
