@@ -48,7 +48,9 @@ def _wobbly_clip(T=10, H=72, W=128, amp=4.0, seed=0):
         ph = 2 * math.pi * t / T
         dx = amp * np.sin(2 * math.pi * ys / H + ph) * np.cos(math.pi * xs / W)
         dy = amp * np.cos(2 * math.pi * xs / W + ph)
-        frames.append((cv2.remap(tex, xs + 20 + dx, ys + 20 + dy, cv2.INTER_LINEAR) * 255).round().astype(np.uint8))
+        frames.append(
+            (cv2.remap(tex, xs + 20 + dx, ys + 20 + dy, cv2.INTER_LINEAR) * 255).round().astype(np.uint8)
+        )
     return np.stack(frames)
 
 

@@ -71,6 +71,12 @@ class OutOfMemoryError(RuntimeError):
         ("render", OutOfMemoryError("CUDA"), ["GPU out of memory", "--resolution working"], ["--views"]),
         ("atlas", MemoryError(), ["out of memory", "--size"], ["--views", "GPU", "--device cpu"]),
         ("render", MemoryError(), ["out of memory", "--resolution"], ["--views", "GPU", "--device cpu"]),
+        (  # torch's CPU allocator raises a RuntimeError, not MemoryError
+            "atlas",
+            RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9663676416 bytes."),
+            ["out of memory", "--size"],
+            ["GPU", "internal error"],
+        ),
         ("download", OutOfMemoryError("CUDA"), ["GPU out of memory"], ["--views", "--size"]),
     ],
 )

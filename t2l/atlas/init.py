@@ -103,7 +103,9 @@ def initial_geometry(masks: np.ndarray | None, flows: dict[str, np.ndarray], siz
     folds = any((np.c_[corners, np.ones(4)] @ g[2]).min() <= 0 for g in chain)
     if folds or unscaled[0] * unscaled[1] > 25 * H * W:  # chained perspective blew up: affine motion instead
         cam = camera(affine=True)
-        bg_h0, bg_size = _to_normalised(_chain(cam), [corners] * T, size, cfg.margin, cfg.max_atlas_px, cfg.density)
+        bg_h0, bg_size = _to_normalised(
+            _chain(cam), [corners] * T, size, cfg.margin, cfg.max_atlas_px, cfg.density
+        )
     geo = {"bg_h0": bg_h0, "bg_size": bg_size, "fg_h0": None, "fg_size": None}
     if masks is None:
         return geo
@@ -117,7 +119,9 @@ def initial_geometry(masks: np.ndarray | None, flows: dict[str, np.ndarray], siz
             h = np.array([[1, 0, shift[1]], [0, 1, shift[0]], [0, 0, 1]], np.float64)
         obj.append(h if h is not None else cam[t])
     points = [np.argwhere(m)[:, ::-1].astype(np.float64) for m in masks]
-    fg_h0, fg_size = _to_normalised(_chain(obj), points, size, 2 * cfg.margin, cfg.max_atlas_px // 2, cfg.density)
+    fg_h0, fg_size = _to_normalised(
+        _chain(obj), points, size, 2 * cfg.margin, cfg.max_atlas_px // 2, cfg.density
+    )
     geo.update(fg_h0=fg_h0, fg_size=fg_size)
     return geo
 
@@ -215,7 +219,9 @@ class TextureSplat:
                      for name, tex in model.textures().items()}  # fmt: skip
 
     @torch.no_grad()
-    def add(self, model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor | None, t: torch.Tensor) -> None:
+    def add(
+        self, model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor | None, t: torch.Tensor
+    ) -> None:
         """Splat frames t (B,) at their current mappings, divided by the model's gain."""
         gain = model.gain.detach()[t].clamp(min=0).cpu().numpy().astype(np.float64)  # B, 3
         n_px = int(np.prod(frames.shape[1:3]))

@@ -34,7 +34,6 @@ from t2l.atlas.flow import consistency, dis_flow, sample, to_gray
 from t2l.atlas.model import AtlasModel
 from t2l.atlas.separate import textured
 
-
 _K5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 
 

@@ -117,7 +117,9 @@ def _render_frame(data: AtlasData, t: int, sampled: list, frame: np.ndarray) -> 
         fg_alpha = upsample(torch.from_numpy(np.ascontiguousarray(data.alpha[t], dtype=np.float32))[None])
 
     # the edit is lit like the footage: a fade or an exposure change of the fit (gain) dims it too
-    gain = None if data.gain is None else torch.from_numpy(np.asarray(data.gain[t], np.float32))[:, None, None]
+    gain = (
+        None if data.gain is None else torch.from_numpy(np.asarray(data.gain[t], np.float32))[:, None, None]
+    )
     premul = torch.zeros(3, h2, w2)  # sum over layers of weight * a_e * c_e (0-255)
     cover = torch.zeros(1, h2, w2)  # sum over layers of weight * a_e, in [0,1]
     for lay, edit in sampled:

@@ -474,8 +474,10 @@ class AtlasRun:
                 "device": str(self.device),
                 "timings": {k: round(v, 2) for k, v in self.timings.items()},
                 "drift_px_per_frame": res.consistency,
-                "registration": {"tracking": fitter.tracked,
-                                 "residual_px": [round(r, 3) for r in fitter.register_residuals]},  # fmt: skip
+                "registration": {
+                    "tracking": fitter.tracked,
+                    "residual_px": [round(r, 3) for r in fitter.register_residuals],
+                },  # fmt: skip
                 "quality": quality,
                 "gain": [[round(float(x), 4) for x in g] for g in res.gain] if res.gain is not None else None,
                 "t2l_version": __version__,

@@ -367,6 +367,8 @@ def handle_errors(fn: Callable | None = None, *, command: str | None = None) -> 
                 type(e).__name__ == "OutOfMemoryError"
             ):  # torch's (CUDA) OutOfMemoryError, without importing torch
                 raise fail(f"GPU out of memory; {resource_fix(name, 'gpu')}", EXIT_RESOURCES) from None
+            if isinstance(e, RuntimeError) and _CPU_ALLOC_FAILED in str(e):  # torch's CPU allocator
+                raise fail(f"out of memory; {resource_fix(name, 'ram')}", EXIT_RESOURCES) from None
             if os.environ.get("T2L_DEBUG"):
                 raise
             raise fail(
@@ -374,6 +376,9 @@ def handle_errors(fn: Callable | None = None, *, command: str | None = None) -> 
             ) from None
 
     return wrapper
+
+
+_CPU_ALLOC_FAILED = "DefaultCPUAllocator"  # in torch's RuntimeError when a CPU tensor cannot be allocated
 
 
 def check_output_dir(path: Path) -> Path:
