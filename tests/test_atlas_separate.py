@@ -111,3 +111,31 @@ def test_bad_fg_box_is_a_usage_error(still_object, tmp_path, box):
     d, _ = still_object
     r = runner.invoke(app, ["atlas", str(d), "-o", str(tmp_path / "a"), "--fg-box", box])
     assert r.exit_code == 2 and r.stderr.startswith("error: --fg-box") and "Traceback" not in r.stderr
+
+
+def test_box_is_the_mask_when_grabcut_loses_the_object(still_object, monkeypatch):
+    """grabCut can keep next to nothing of a dark object on a dark background (bigbuckbunny: 0.02% of
+    the frame); then the user's box is the first mask instead of an empty foreground."""
+    import t2l.atlas.separate as sep
+
+    _, clip = still_object
+    real = sep._grabcut
+    calls = []
+
+    def lossy(frame, init, iters=3):
+        calls.append(iters)
+        out = real(frame, init, iters)
+        if len(calls) == 1:  # the first frame's cut keeps a few pixels only
+            keep = np.zeros_like(out)
+            keep[np.nonzero(out)[0][:3], np.nonzero(out)[1][:3]] = True
+            return keep
+        return out
+
+    monkeypatch.setattr(sep, "_grabcut", lossy)
+    ys, xs = np.nonzero(clip.masks[0])
+    box = (xs.min() - 2, ys.min() - 2, xs.max() + 3, ys.max() + 3)
+    masks = box_masks(clip.frames, compute_flows(clip.frames), box)
+    assert masks[0, box[1] : box[3], box[0] : box[2]].all() and masks[0].sum() == (box[2] - box[0]) * (
+        box[3] - box[1]
+    )
+    assert masks[-1].sum() > 0.5 * clip.masks[-1].sum()  # and it is carried on, not lost

@@ -142,14 +142,15 @@ def _warp_along(mask: np.ndarray, flow_back: np.ndarray) -> np.ndarray:
 
 def box_masks(
     frames: np.ndarray, flows: dict[str, np.ndarray], box: tuple[int, int, int, int], frame: int = 0,
-    band_px: int = 6,
+    band_px: int = 6, min_keep: float = 0.15,
 ) -> np.ndarray:  # fmt: skip
     """Masks of the object inside `box` on frame `frame`, for every frame.
 
     Args:
         frames: T, H, W, 3 uint8 RGB. flows: compute_flows output. box: (x0, y0, x1, y1) frame px at
             working resolution, x1/y1 exclusive. band_px: the band around a carried mask that grabCut
-            may re-decide in the next frame.
+            may re-decide in the next frame. min_keep: if grabCut keeps less than this share of the
+            box on the first frame, the box itself is the first mask.
     Returns:
         T, H, W bool.
     """
@@ -159,7 +160,8 @@ def box_masks(
     init[y0:y1, x0:x1] = cv2.GC_PR_FGD
     out = np.zeros((T, H, W), bool)
     out[frame] = _grabcut(frames[frame], init, iters=5)
-    if not out[frame].any():
+    if out[frame].sum() < min_keep * (x1 - x0) * (y1 - y0):  # grabCut lost the object (e.g. dark on
+        out[frame] = False  # dark, bigbuckbunny: 0.02% of the frame kept): the user's box is the mask
         out[frame, y0:y1, x0:x1] = True
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band_px + 1,) * 2)
 

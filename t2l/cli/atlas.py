@@ -32,6 +32,8 @@ _FIXES = {
     "masks_disagree": "look at masks/ and alpha/ in the atlas folder; give --masks DIR if the masks are wrong",
     "truncated": "re-download or re-export the file to fit the missing frames",
 }
+_BOX_LOST = ("the object in --fg-box was lost: give a tighter box on a frame where it stands out "
+             "(--start there), or --masks DIR")  # fmt: skip
 
 
 def _flagged(e: UsageError) -> UsageError:
@@ -203,7 +205,7 @@ def _draw(run, json_out: bool) -> None:
         fix = f"fit one shot at a time: --start {e.first} --max-frames {e.frames}, then --start {e.cut}"
         raise UsageError(e.problem, fix) from None
     s = run.summary
-    _print_report(s["quality"], warnings)
+    _print_report(s["quality"], warnings, box=getattr(run, "mask_source", None) == "box")
     drift = ", ".join(f"{k} {v:.2f}" for k, v in s["drift_px_per_frame"].items())
     worst = s["quality"]["worst"][0]
     info(f"atlas written to {s['atlas']}: mean PSNR {s['psnr_mean']:.2f} dB (all frames; lowest "
@@ -242,7 +244,7 @@ def _import_nla(video, checkpoint, output, cfg, size, dev, json_out) -> None:
         )
 
 
-def _print_report(q: dict, warnings: list[dict]) -> None:
+def _print_report(q: dict, warnings: list[dict], box: bool = False) -> None:
     """The quality report in one line on stderr, then each warning with what to do about it."""
     parts = [f"PSNR mean {q['psnr_mean']:.2f} dB, min {q['psnr_min']:.2f} dB (worst frames "
              + ", ".join(str(w["source_frame"]) for w in q["worst"]) + ")"]  # fmt: skip
@@ -254,5 +256,5 @@ def _print_report(q: dict, warnings: list[dict]) -> None:
         parts.append(f"exposure gain {q['gain_range'][0]:.2f}-{q['gain_range'][1]:.2f}")
     info("quality: " + "; ".join(parts))
     for w in warnings:
-        fix = _FIXES.get(w["code"])
+        fix = _BOX_LOST if box and w["code"] in ("empty_fg", "sparse_fg") else _FIXES.get(w["code"])
         info(f"warning: {w['message']}" + (f"; {fix}" if fix else ""))
