@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -37,15 +38,19 @@ from t2l.atlas.separate import textured
 _K5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 
 
+@lru_cache(maxsize=16)
 def grid_basis(cells: int, pixels: int) -> torch.Tensor:
     """The 1-D weights of `F.interpolate(..., mode="bilinear", align_corners=True)` from `cells` grid
-    values to `pixels` samples: pixels, cells (row p holds the weights of grid value c for sample p)."""
+    values to `pixels` samples: pixels, cells (row p holds the weights of grid value c for sample p).
+    Cached (every frame of a clip has the same sizes): do not modify the result."""
     eye = torch.eye(cells)[None]  # 1, cells (as channels), cells (as length)
     return F.interpolate(eye, size=pixels, mode="linear", align_corners=True)[0].T.contiguous()
 
 
-def _difference_operator(gh: int, gw: int) -> torch.Tensor:
-    """Finite differences along rows and columns of a gh x gw grid: (edges, gh * gw)."""
+@lru_cache(maxsize=4)
+def _smoothness(gh: int, gw: int) -> torch.Tensor:
+    """D^T D for the finite differences D along rows and columns of a gh x gw grid: (gh*gw, gh*gw).
+    Cached: do not modify the result."""
     idx = torch.arange(gh * gw).view(gh, gw)
     pairs = [(idx[:, 1:], idx[:, :-1]), (idx[1:, :], idx[:-1, :])]
     rows = []
@@ -55,7 +60,15 @@ def _difference_operator(gh: int, gw: int) -> torch.Tensor:
         d[torch.arange(len(a)), a] = 1
         d[torch.arange(len(a)), b] = -1
         rows.append(d)
-    return torch.cat(rows)
+    d = torch.cat(rows)  # edges, gh * gw
+    return d.T @ d
+
+
+@lru_cache(maxsize=4)
+def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs) float32 pixel coordinates of an H x W frame (np.mgrid). Cached: do not modify."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    return ys, xs
 
 
 def solve_grid(target: torch.Tensor, weight: torch.Tensor, grid: tuple[int, int], smooth: float,
@@ -77,10 +90,9 @@ def solve_grid(target: torch.Tensor, weight: torch.Tensor, grid: tuple[int, int]
     w = weight.float()
     z = torch.einsum("yx,xj,xl->yjl", w, ax, ax)  # H, gw, gw
     m = torch.einsum("yi,yk,yjl->ijkl", ay, ay, z).reshape(gh * gw, gh * gw)
-    d = _difference_operator(gh, gw)
     lam = smooth * float(w.sum()) / (gh * gw) + 1e-6
     eye = torch.eye(gh * gw)
-    lhs = m + lam * (d.T @ d) + anchor * lam * eye
+    lhs = m + lam * _smoothness(gh, gw) + anchor * lam * eye
     rhs = torch.stack([(ay.T @ (w * target[..., c]) @ ax).reshape(-1) for c in range(2)], 1)  # G, 2
     rhs = rhs + anchor * lam * current.reshape(2, -1).T
     sol = torch.linalg.solve(lhs.double(), rhs.double()).float()  # G, 2
@@ -114,7 +126,7 @@ def _register_one(model: AtlasModel, t: int, frame: np.ndarray, mask: np.ndarray
     known: per layer, the texels that hold data (others are hole-filled guesses: not matched against).
     Returns (sum of trusted residuals in frame px, their count)."""
     H, W = frame.shape[:2]
-    ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
+    ys, xs = _pixel_grid(H, W)
     out = model(torch.tensor([t], device=model.xy1.device))
     rec = (out["rgb"][0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
     a, b = to_gray(frame), to_gray(rec)
@@ -149,7 +161,7 @@ def _propagate(model: AtlasModel, t: int, flows: dict[str, np.ndarray], masks: n
     """Frame t's grids from frame t-1's mappings carried along the flow: uv_t(p) = uv_{t-1}(p + flow_{t->t-1}(p))
     on trusted pixels of each layer; cells without any keep frame t-1's grid."""
     H, W = model.cfg.height, model.cfg.width
-    ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
+    ys, xs = _pixel_grid(H, W)
     bwd = np.asarray(flows["backward"][t - 1], np.float32)  # t -> t-1
     ok = flows["backward_valid"][t - 1]
     mx, my = xs + bwd[..., 0], ys + bwd[..., 1]
