@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from t2l.atlas.coords import grid_uv_to_px, texel_index
 from t2l.atlas.init import initial_geometry, initial_textures
 from t2l.atlas.model import AtlasModel, AtlasModelConfig
-from t2l.atlas.register import register_frames, track_frames
+from t2l.atlas.register import refine_frames, register_frames, track_frames
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class FitConfig:
     track_smooth: float = 0.2  # smoothness of the grids in that pass (register.py)
     register_passes: int = 2  # frame-to-atlas registration passes before the optimisation (register.py)
     register_smooth: float = 0.05  # smoothness of the registered displacement grids
+    refine_passes: int = 3  # dense refinement passes of the residual fields after the grids (register.py)
     seed: int = 0
 
 
@@ -150,7 +151,8 @@ class AtlasFitter:
             self.model = AtlasModel(mcfg, state["model"]["bg_map.h0"],
                                     state["model"].get("fg_map.h0")).to(self.device)  # fmt: skip
             missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
-            if unexpected or set(missing) - {"gain"}:  # states from before the gain keep gain 1
+            # states from before the gain keep gain 1, from before the residual fields none (zeros)
+            if unexpected or set(missing) - {"gain", "bg_map.res", "fg_map.res"}:
                 raise ValueError(f"saved model does not match: missing {missing}, unexpected {unexpected}")
             self.step = int(state["step"])
             reg = state.get("registration") or {}
@@ -210,7 +212,8 @@ class AtlasFitter:
         when the foreground does not move as one piece: two objects, a deforming character)."""
         cfg, model, T = self.cfg, self.model, len(self.frames)
         tries = [False, True] if cfg.track and model.layered else [False]
-        total = T * (len(tries) * cfg.register_passes + (len(tries) - 1))  # frames to register
+        # frames to register: every try's passes, the tracking pass, the dense refinement
+        total = T * (len(tries) * cfg.register_passes + (len(tries) - 1) + cfg.refine_passes)
         done = 0
 
         def tick(d: int, _total: int) -> None:
@@ -237,6 +240,10 @@ class AtlasFitter:
         if best[1] is not None:
             model.load_state_dict(best[1])
         self.register_residuals, self.tracked = best[2], best[3]
+        if cfg.refine_passes:
+            self.register_residuals = self.register_residuals + refine_frames(
+                model, self.frames, self.masks, cfg.refine_passes, progress=tick
+            )
 
     @torch.no_grad()
     def _mse(self, chunk: int = 4) -> float:

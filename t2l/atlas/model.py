@@ -3,11 +3,14 @@
 Each layer ("bg", and "fg" with two layers) is a learnable texture image (an atlas) plus a mapping
 from every frame pixel to atlas coordinates:
 
-    uv_t(p) = h_t(p) + d_t(p)
+    uv_t(p) = h_t(p) + d_t(p) + r_t(p)
 
 h_t is a per-frame homography (a fixed initial estimate from the optical flow times a learnable
-correction) and d_t a coarse per-frame displacement grid, bilinearly upsampled, that absorbs
-parallax and non-rigid motion. The foreground opacity lives in the foreground atlas (a fourth,
+correction), d_t a coarse per-frame displacement grid, bilinearly upsampled, that absorbs
+parallax and non-rigid motion, and r_t a dense residual field at half the frame resolution
+(bilinearly upsampled) for what a coarse grid cannot follow (a face changing expression, the edge
+between near and far things). r_t is not learned by gradient descent: registration sets it from the
+dense flow between each frame and its reconstruction (t2l/atlas/register.py `refine_frames`). The foreground opacity lives in the foreground atlas (a fourth,
 logit channel), so it moves with the object. Reconstruction: gain_t * (alpha * fg + (1 - alpha) * bg),
 with a per-frame RGB gain for exposure changes and fades (a black frame is gain 0, not new content).
 
@@ -15,7 +18,8 @@ Coordinates: frame pixels are normalised to [-1, 1] at pixel centres (x_n = (x +
 atlas coordinates uv are grid_sample coordinates with align_corners=False, so atlas-image pixel
 x = (u + 1) * Wa / 2 (continuous, pixel j covers [j, j+1)): uv_to_px = coords.grid_uv_to_px(size).
 
-Per-frame parameters are 8 + 2*gh*gw numbers, so the model's size hardly grows with the clip.
+Per-frame parameters are 8 + 2*gh*gw numbers; the residual fields add 2 * H/2 * W/2 per frame and
+layer (15 MB per layer for 70 frames at 432 x 243).
 """
 
 from __future__ import annotations
@@ -58,15 +62,22 @@ def frame_grid(height: int, width: int, device=None) -> torch.Tensor:
     return torch.stack([gx, gy, torch.ones_like(gx)], -1)
 
 
+def residual_size(height: int, width: int) -> tuple[int, int]:
+    """Rows and columns of the dense residual field of a frame: half the frame's, rounded up."""
+    return (height + 1) // 2, (width + 1) // 2
+
+
 class LayerMapping(nn.Module):
     """Frame pixel -> atlas uv for one layer: initial homography x learned correction + displacement grid."""
 
-    def __init__(self, h0: torch.Tensor, grid: tuple[int, int]):
+    def __init__(self, h0: torch.Tensor, grid: tuple[int, int], residual: tuple[int, int] | None = None):
         super().__init__()
         T = h0.shape[0]
         self.register_buffer("h0", h0.float())  # T, 3, 3: normalised frame coords -> normalised atlas coords
         self.dh = nn.Parameter(torch.zeros(T, 8))  # T, 8: correction I + dh, in normalised frame units
         self.disp = nn.Parameter(torch.zeros(T, 2, *grid))  # T, 2, gh, gw: displacement in atlas uv units
+        # T, 2, Hr, Wr: dense residual in atlas uv units (a buffer: set by registration, not learned)
+        self.register_buffer("res", None if residual is None else torch.zeros(T, 2, *residual))
         self.register_buffer("eye", torch.eye(3), persistent=False)  # 3, 3; built once, not saved
 
     def homographies(self, t: torch.Tensor) -> torch.Tensor:
@@ -80,6 +91,8 @@ class LayerMapping(nn.Module):
         uvw = torch.einsum("bij,hwj->bhwi", self.homographies(t), xy1)  # B, H, W, 3
         uv = uvw[..., :2] / uvw[..., 2:]
         disp = F.interpolate(self.disp[t], size=(H, W), mode="bilinear", align_corners=True)  # B, 2, H, W
+        if self.res is not None:  # pixel-centre aligned, as cv2.resize makes it (register.py)
+            disp = disp + F.interpolate(self.res[t], size=(H, W), mode="bilinear", align_corners=False)
         return uv + disp.permute(0, 2, 3, 1)
 
 
@@ -91,7 +104,8 @@ class AtlasModel(nn.Module):
         self.cfg = cfg
         Ha, Wa = cfg.bg_size
         self.bg_texture = nn.Parameter(torch.full((1, 3, Ha, Wa), 0.5))  # 1, 3, Ha, Wa RGB in [0,1]
-        self.bg_map = LayerMapping(bg_h0, cfg.grid)
+        res = residual_size(cfg.height, cfg.width)
+        self.bg_map = LayerMapping(bg_h0, cfg.grid, res)
         self.register_buffer("xy1", frame_grid(cfg.height, cfg.width), persistent=False)
         self.gain = nn.Parameter(torch.ones(cfg.frames, 3))  # T, 3: per-frame RGB gain (exposure, fades)
         if cfg.fg_size is not None:
@@ -99,7 +113,7 @@ class AtlasModel(nn.Module):
             fg = torch.full((1, 4, Hf, Wf), 0.5)
             fg[:, 3] = -6.0
             self.fg_texture = nn.Parameter(fg)  # 1, 4, Hf, Wf: RGB in [0,1] and alpha logit
-            self.fg_map = LayerMapping(fg_h0, cfg.grid)
+            self.fg_map = LayerMapping(fg_h0, cfg.grid, res)
 
     @property
     def layered(self) -> bool:

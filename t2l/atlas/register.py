@@ -238,3 +238,73 @@ def register_frames(model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor
         residuals.append(total / max(count, 1))
         initial_textures(model, frames, masks)
     return residuals
+
+
+def _spread_half(delta: np.ndarray, wgt: np.ndarray, size: tuple[int, int], sigma: float = 1.0) -> np.ndarray:
+    """A displacement (H, W, 2) trusted where wgt (H, W float in [0, 1]) is, spread to the pixels
+    around: near trusted pixels their Gaussian-weighted average (sigma px), farther out that of a
+    4x wider neighbourhood, fading to 0 where no pixel is trusted; then resized to size (rows, cols).
+    Returns rows, cols, 2."""
+    out = None
+    for s in (4 * sigma, sigma):  # coarse first, then the fine average where it has support
+        num = cv2.GaussianBlur(delta * wgt[..., None], (0, 0), s)
+        den = cv2.GaussianBlur(wgt, (0, 0), s)
+        if out is None:
+            out = num / np.maximum(den, 0.3)[..., None]
+        else:
+            near = np.clip(den / 0.3, 0, 1)[..., None]
+            out = near * num / np.maximum(den, 1e-6)[..., None] + (1 - near) * out
+    return cv2.resize(out, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
+def _refine_one(
+    model: AtlasModel, t: int, frame: np.ndarray, preset: str, max_error: float
+) -> tuple[float, int]:
+    """Move frame t's dense residual fields so each trusted pixel maps where the flow from the frame to
+    its reconstruction finds its content. Returns (sum of trusted residuals in frame px, their count)."""
+    H, W = frame.shape[:2]
+    ys, xs = _pixel_grid(H, W)
+    out = model(torch.tensor([t], device=model.xy1.device))
+    rec = (out["rgb"][0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    a, b = to_gray(frame), to_gray(rec)
+    f = dis_flow(a, b, preset)
+    ok = consistency(f, dis_flow(b, a, preset), max_error) & textured(frame)
+    mx, my = xs + f[..., 0], ys + f[..., 1]
+    a_at = sample(out["alpha"][0, 0].cpu().numpy(), mx, my) if model.layered else None
+    for name, mapping in model.mappings().items():
+        uv = out[f"uv_{name}"][0].cpu().numpy()  # H, W, 2
+        layer = ok if a_at is None else ok & ((a_at > 0.5) if name == "fg" else (a_at <= 0.5))
+        if layer.sum() < 50:
+            continue
+        delta = _spread_half(sample(uv, mx, my) - uv, layer.astype(np.float32), tuple(mapping.res.shape[2:]))
+        mapping.res[t] += torch.from_numpy(delta).permute(2, 0, 1).to(mapping.res.device)
+    mag = np.linalg.norm(f, axis=-1)
+    return float(mag[ok].sum()), int(ok.sum())
+
+
+@torch.no_grad()
+def refine_frames(model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor | None, passes: int = 3,
+                  preset: str = "medium", max_error: float = 1.0,
+                  progress: Callable[[int, int], None] | None = None) -> list[float]:  # fmt: skip
+    """Dense refinement after the grids: each frame is registered to its reconstruction again and the
+    flow's displacement (trusted pixels of each layer, spread over a few px and halved in resolution)
+    is added to the layer's residual field (model.py `LayerMapping.res`); the textures are splatted
+    again after each pass. What the grid smooths over (a mouth opening, a building's edge against the
+    sky) then stops blurring the atlas: each pass makes the atlas sharper for the next.
+
+    Args and returns as register_frames (progress: (frames done, frames * passes)).
+    """
+    from t2l.atlas.init import initial_textures  # init imports this module's users
+
+    T = len(frames)
+    residuals = []
+    for p in range(passes):
+        total, count = 0.0, 0
+        for t in range(T):
+            r, n = _refine_one(model, t, frames[t].cpu().numpy(), preset, max_error)
+            total, count = total + r, count + n
+            if progress is not None:
+                progress(p * T + t + 1, passes * T)
+        residuals.append(total / max(count, 1))
+        initial_textures(model, frames, masks)
+    return residuals
