@@ -152,3 +152,18 @@ def test_a_fit_resumes_with_its_own_grid_and_mapping_rate(clip):
     before = held.model.bg_map.disp.detach().clone()
     list(held.run())
     assert not held.model.bg_map.disp.requires_grad and torch.equal(before, held.model.bg_map.disp)
+
+
+def test_all_empty_masks_give_an_empty_foreground_not_a_crash(clip):
+    """Masks with no pixel in any frame (a --masks folder of black images): the fit still runs, the
+    foreground atlas is frame-sized and stays transparent, the background reconstructs the clip as a
+    one-layer fit does."""
+    c, flows, _ = clip
+    empty = np.zeros(c.frames.shape[:3], bool)
+    fitter = AtlasFitter(c.frames, empty, flows, FitConfig(steps=2, seed=0, refine_passes=0))
+    list(fitter.run())
+    res = fitter.export()
+    assert fitter.model.layered and res.alpha.max() < 0.05
+    one = AtlasFitter(c.frames, None, flows, FitConfig(steps=2, seed=0, refine_passes=0))
+    list(one.run())
+    assert abs(np.mean(res.psnr) - np.mean(one.export().psnr)) < 1.0

@@ -119,6 +119,8 @@ def initial_geometry(masks: np.ndarray | None, flows: dict[str, np.ndarray], siz
             h = np.array([[1, 0, shift[1]], [0, 1, shift[0]], [0, 0, 1]], np.float64)
         obj.append(h if h is not None else cam[t])
     points = [np.argwhere(m)[:, ::-1].astype(np.float64) for m in masks]
+    if not any(len(p) for p in points):  # no masked pixel at all: an empty layer the size of a frame
+        points = [corners] * T
     fg_h0, fg_size = _to_normalised(
         _chain(obj), points, size, 2 * cfg.margin, cfg.max_atlas_px // 2, cfg.density
     )
