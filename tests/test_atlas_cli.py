@@ -87,6 +87,20 @@ def test_given_masks_and_one_layer(clip_dir, tmp_path):
     assert not (tmp_path / "one" / "alpha.npy").exists()
 
 
+def test_black_masks_fit_one_layer_and_say_so(clip_dir, tmp_path):
+    """A --masks folder of all-black images (nothing is foreground): one background layer, said."""
+    frames, _, _ = clip_dir
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(6):
+        Image.fromarray(np.zeros((54, 96), np.uint8)).save(black / f"{i:03d}.png")
+    r = runner.invoke(app, ["atlas", str(frames), "-o", str(tmp_path / "b"), "--masks", str(black), *FAST])
+    _ok(r)
+    assert "are all empty: fitting one background layer" in r.stderr
+    index = json.loads((tmp_path / "b" / "atlas.json").read_text())
+    assert [lay["name"] for lay in index["layers"]] == ["bg"]
+
+
 def test_errors(clip_dir, tmp_path):
     frames, masks, _ = clip_dir
     r = runner.invoke(app, ["atlas", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "o")])

@@ -257,11 +257,12 @@ def _spread_half(delta: np.ndarray, wgt: np.ndarray, size: tuple[int, int], sigm
     return cv2.resize(out, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
-def _refine_one(
-    model: AtlasModel, t: int, frame: np.ndarray, preset: str, max_error: float
-) -> tuple[float, int]:
+def _refine_one(model: AtlasModel, t: int, frame: np.ndarray, preset: str, max_error: float,
+                max_shift: float = 4.0) -> tuple[float, int]:  # fmt: skip
     """Move frame t's dense residual fields so each trusted pixel maps where the flow from the frame to
-    its reconstruction finds its content. Returns (sum of trusted residuals in frame px, their count)."""
+    its reconstruction finds its content. Flow longer than max_shift px is not trusted: after the
+    grids, what is still that far off is a flow error or content the atlas does not hold.
+    Returns (sum of trusted residuals in frame px, their count)."""
     H, W = frame.shape[:2]
     ys, xs = _pixel_grid(H, W)
     out = model(torch.tensor([t], device=model.xy1.device))
@@ -269,6 +270,7 @@ def _refine_one(
     a, b = to_gray(frame), to_gray(rec)
     f = dis_flow(a, b, preset)
     ok = consistency(f, dis_flow(b, a, preset), max_error) & textured(frame)
+    ok &= np.hypot(f[..., 0], f[..., 1]) <= max_shift
     mx, my = xs + f[..., 0], ys + f[..., 1]
     a_at = sample(out["alpha"][0, 0].cpu().numpy(), mx, my) if model.layered else None
     for name, mapping in model.mappings().items():
