@@ -6,14 +6,17 @@ object's own motion (similarities on the flow inside the masks) into a foregroun
 textures start as the average of the frames splatted into each atlas. Registration
 (t2l/atlas/register.py) then solves each frame's displacement grids against its own rendering (and,
 with two layers, tracks the foreground frame by frame first), so the mappings follow parallax and
-non-rigid motion. The optimisation fits the colours: textures, opacity and gain, on whole frames, a
+non-rigid motion, then refines each frame's dense residual fields against it for what the grids
+cannot follow (a pass that does not lower the reconstruction error is undone). The optimisation fits the colours: textures, opacity and gain, on whole frames, a
 few random consecutive frame pairs per step, with NLA's losses (reconstruction, image gradients,
 mask bootstrap, sparsity, opacity flow consistency; with `lr_mapping > 0` also flow consistency of
 the mappings and rigidity of the grids, which then learn too).
 
-Long clips: per-frame parameters are 8 + 2*gh*gw numbers and each step touches only `pairs` pairs
-of frames, so memory beyond the frames themselves does not grow with T and the step time is
-constant; more frames need proportionally more steps to be visited equally often.
+Long clips: each step touches only `pairs` pairs of frames, so the step time is constant; more frames
+need proportionally more steps to be visited equally often. Per frame the model holds 8 + 2*gh*gw
+numbers per layer plus the residual fields (2 floats per 2x2 frame pixels per layer: ~2 bytes per
+frame pixel and layer, about the size of the frames themselves with two layers; model.pt grows
+by as much).
 
 Example:
     >>> fitter = AtlasFitter(frames, masks, flows, FitConfig(steps=200))
@@ -141,6 +144,7 @@ class AtlasFitter:
         self.flows = flows
         self.step = 0
         self.register_residuals: list[float] = []  # mean registration residual (frame px) per pass
+        self.refine_residuals: list[float] = []  # the same, per dense refinement pass kept
         self.tracked: bool | None = None  # whether the tracking pass was kept (None: not registered here)
         if state is not None:
             mcfg = AtlasModelConfig.from_dict(state["model_config"])
@@ -150,13 +154,17 @@ class AtlasFitter:
                 )
             self.model = AtlasModel(mcfg, state["model"]["bg_map.h0"],
                                     state["model"].get("fg_map.h0")).to(self.device)  # fmt: skip
-            missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+            try:
+                missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+            except RuntimeError as e:  # a tensor of another shape: another clip size or t2l version
+                raise ValueError(f"saved model does not match: {str(e).splitlines()[-1].strip()}") from None
             # states from before the gain keep gain 1, from before the residual fields none (zeros)
             if unexpected or set(missing) - {"gain", "bg_map.res", "fg_map.res"}:
                 raise ValueError(f"saved model does not match: missing {missing}, unexpected {unexpected}")
             self.step = int(state["step"])
             reg = state.get("registration") or {}
             self.tracked, self.register_residuals = reg.get("tracked"), list(reg.get("residuals", []))
+            self.refine_residuals = list(reg.get("refine_residuals", []))
             # a fit resumes as it started: its grid, and mappings learned or held (states from before
             # registration learned them at 3e-4)
             saved = state.get("fit_config") or {}
@@ -241,8 +249,8 @@ class AtlasFitter:
             model.load_state_dict(best[1])
         self.register_residuals, self.tracked = best[2], best[3]
         if cfg.refine_passes:
-            self.register_residuals = self.register_residuals + refine_frames(
-                model, self.frames, self.masks, cfg.refine_passes, progress=tick
+            self.refine_residuals = refine_frames(
+                model, self.frames, self.masks, cfg.refine_passes, score=self._mse, progress=tick
             )
 
     @torch.no_grad()
@@ -267,7 +275,11 @@ class AtlasFitter:
             "step": self.step,
             "sampler": self._sampler_at_step.clone(),
             "fit_config": asdict(self.cfg),
-            "registration": {"tracked": self.tracked, "residuals": list(self.register_residuals)},
+            "registration": {
+                "tracked": self.tracked,
+                "residuals": list(self.register_residuals),
+                "refine_residuals": list(self.refine_residuals),
+            },
         }
 
     # -- one step -----------------------------------------------------------------------------

@@ -68,7 +68,8 @@ def residual_size(height: int, width: int) -> tuple[int, int]:
 
 
 class LayerMapping(nn.Module):
-    """Frame pixel -> atlas uv for one layer: initial homography x learned correction + displacement grid."""
+    """Frame pixel -> atlas uv for one layer: initial homography x learned correction + displacement grid
+    (+ the dense residual field, a buffer set by registration, when `residual` gives its size)."""
 
     def __init__(self, h0: torch.Tensor, grid: tuple[int, int], residual: tuple[int, int] | None = None):
         super().__init__()

@@ -286,27 +286,42 @@ def _refine_one(model: AtlasModel, t: int, frame: np.ndarray, preset: str, max_e
 
 @torch.no_grad()
 def refine_frames(model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor | None, passes: int = 3,
-                  preset: str = "medium", max_error: float = 1.0,
+                  preset: str = "medium", max_error: float = 1.0, score: Callable[[], float] | None = None,
                   progress: Callable[[int, int], None] | None = None) -> list[float]:  # fmt: skip
     """Dense refinement after the grids: each frame is registered to its reconstruction again and the
-    flow's displacement (trusted pixels of each layer, spread over a few px and halved in resolution)
-    is added to the layer's residual field (model.py `LayerMapping.res`); the textures are splatted
-    again after each pass. What the grid smooths over (a mouth opening, a building's edge against the
-    sky) then stops blurring the atlas: each pass makes the atlas sharper for the next.
+    flow's displacement (trusted pixels of each layer by the opacity, spread over a few px and halved
+    in resolution) is added to the layer's residual field (model.py `LayerMapping.res`); the textures
+    are splatted again after each pass. What the grid smooths over (a mouth opening, a building's edge
+    against the sky) then stops blurring the atlas: each pass makes the atlas sharper for the next.
 
-    Args and returns as register_frames (progress: (frames done, frames * passes)).
+    Args:
+        score: the clip's reconstruction error (lower is better); a pass that does not lower it is
+            undone and the refinement stops there. None: every pass is kept.
+        others as register_frames (progress: (frames done, frames * passes)).
+    Returns:
+        the mean trusted residual (frame px) of each pass kept, before its update.
     """
     from t2l.atlas.init import initial_textures  # init imports this module's users
 
     T = len(frames)
     residuals = []
+    best = score() if score is not None else None
     for p in range(passes):
+        before = {k: v.clone() for k, v in model.state_dict().items()} if score is not None else None
         total, count = 0.0, 0
         for t in range(T):
             r, n = _refine_one(model, t, frames[t].cpu().numpy(), preset, max_error)
             total, count = total + r, count + n
             if progress is not None:
                 progress(p * T + t + 1, passes * T)
-        residuals.append(total / max(count, 1))
         initial_textures(model, frames, masks)
+        if score is not None:
+            now = score()
+            if now >= best:
+                model.load_state_dict(before)
+                if progress is not None:
+                    progress(passes * T, passes * T)
+                break
+            best = now
+        residuals.append(total / max(count, 1))
     return residuals

@@ -477,6 +477,7 @@ class AtlasRun:
                 "registration": {
                     "tracking": fitter.tracked,
                     "residual_px": [round(r, 3) for r in fitter.register_residuals],
+                    "refine_residual_px": [round(r, 3) for r in fitter.refine_residuals],
                 },  # fmt: skip
                 "quality": quality,
                 "gain": [[round(float(x), 4) for x in g] for g in res.gain] if res.gain is not None else None,
