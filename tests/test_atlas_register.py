@@ -39,21 +39,29 @@ def test_solve_grid_recovers_a_grid_and_fills_cells_without_data():
     assert torch.allclose(got, torch.full_like(got, 5.0), atol=0.2)
 
 
-def _wobbly_clip(T=10, H=72, W=128, amp=4.0, seed=0):
-    """A static textured scene seen through a smooth, changing, non-rigid warp (a heat-haze / a bending
-    surface): no homography per frame explains it, a displacement field does."""
+def _warped_clip(T, H, W, pad, seed, warp):
+    """Frames of a padded noise texture seen through warp(t, ys, xs) -> (dx, dy) px, T, H, W, 3 uint8."""
     rng = np.random.default_rng(seed)
-    tex = noise_texture(H + 40, W + 40, rng)
+    tex = noise_texture(H + 2 * pad, W + 2 * pad, rng)
     ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
     frames = []
     for t in range(T):
-        ph = 2 * math.pi * t / T
-        dx = amp * np.sin(2 * math.pi * ys / H + ph) * np.cos(math.pi * xs / W)
-        dy = amp * np.cos(2 * math.pi * xs / W + ph)
+        dx, dy = warp(2 * math.pi * t / T, ys, xs)
         frames.append(
-            (cv2.remap(tex, xs + 20 + dx, ys + 20 + dy, cv2.INTER_LINEAR) * 255).round().astype(np.uint8)
+            (cv2.remap(tex, xs + pad + dx, ys + pad + dy, cv2.INTER_LINEAR) * 255).round().astype(np.uint8)
         )
     return np.stack(frames)
+
+
+def _wobbly_clip(T=10, H=72, W=128, amp=4.0, seed=0):
+    """A static textured scene seen through a smooth, changing, non-rigid warp (a heat-haze / a bending
+    surface): no homography per frame explains it, a displacement field does."""
+
+    def warp(ph, ys, xs):
+        dx = amp * np.sin(2 * math.pi * ys / H + ph) * np.cos(math.pi * xs / W)
+        return dx, amp * np.cos(2 * math.pi * xs / W + ph)
+
+    return _warped_clip(T, H, W, 20, seed, warp)
 
 
 def test_registration_follows_non_rigid_motion():
@@ -105,18 +113,11 @@ def test_a_refinement_pass_that_does_not_help_is_undone():
 def _fine_wobble_clip(T=8, H=72, W=128, amp=2.0, period=40.0, seed=1):
     """A textured scene under a warp finer than a coarse grid's cells (period 40 px, cells 64 x 36 px):
     what a face changing expression or an edge between near and far things asks of a 12 x 20 grid."""
-    rng = np.random.default_rng(seed)
-    tex = noise_texture(H + 20, W + 20, rng)
-    ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
-    frames = []
-    for t in range(T):
-        ph = 2 * math.pi * t / T
-        dx = amp * np.sin(2 * math.pi * ys / period + ph)
-        dy = amp * np.sin(2 * math.pi * xs / period - ph)
-        frames.append(
-            (cv2.remap(tex, xs + 10 + dx, ys + 10 + dy, cv2.INTER_LINEAR) * 255).round().astype(np.uint8)
-        )
-    return np.stack(frames)
+
+    def warp(ph, ys, xs):
+        return amp * np.sin(2 * math.pi * ys / period + ph), amp * np.sin(2 * math.pi * xs / period - ph)
+
+    return _warped_clip(T, H, W, 10, seed, warp)
 
 
 def test_dense_refinement_follows_motion_finer_than_the_grid():

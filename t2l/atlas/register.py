@@ -119,6 +119,19 @@ def _solve_layer(model: AtlasModel, name: str, t: int, target_uv: np.ndarray, uv
     return True
 
 
+def _flow_to_rendering(model: AtlasModel, t: int, frame: np.ndarray, preset: str,
+                       max_error: float) -> tuple[dict[str, torch.Tensor], np.ndarray, np.ndarray]:  # fmt: skip
+    """Render frame t and find where each pixel of the frame (H, W, 3 uint8) sits in the rendering.
+    Returns (the model's outputs for [t], flow frame px -> rendering px H, W, 2, trusted pixels H, W bool:
+    forward-backward consistent and textured)."""
+    out = model(torch.tensor([t], device=model.xy1.device))
+    rec = (out["rgb"][0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    a, b = to_gray(frame), to_gray(rec)
+    f = dis_flow(a, b, preset)  # frame px -> where its content is in the rendering
+    ok = consistency(f, dis_flow(b, a, preset), max_error) & textured(frame)
+    return out, f, ok
+
+
 def _register_one(model: AtlasModel, t: int, frame: np.ndarray, mask: np.ndarray | None, smooth: float,
                   preset: str, max_error: float, known: dict[str, np.ndarray] | None = None,
                   layers: tuple[str, ...] = ("bg", "fg")) -> tuple[float, int]:  # fmt: skip
@@ -126,13 +139,8 @@ def _register_one(model: AtlasModel, t: int, frame: np.ndarray, mask: np.ndarray
     known: per layer, the texels that hold data (others are hole-filled guesses: not matched against).
     Returns (sum of trusted residuals in frame px, their count)."""
     H, W = frame.shape[:2]
+    out, f, ok = _flow_to_rendering(model, t, frame, preset, max_error)
     ys, xs = _pixel_grid(H, W)
-    out = model(torch.tensor([t], device=model.xy1.device))
-    rec = (out["rgb"][0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    a, b = to_gray(frame), to_gray(rec)
-    f = dis_flow(a, b, preset)  # frame px -> where its content is in the rendering
-    g = dis_flow(b, a, preset)
-    ok = consistency(f, g, max_error) & textured(frame)
     mx, my = xs + f[..., 0], ys + f[..., 1]
     alpha = out["alpha"][0, 0].cpu().numpy() if model.layered else None
     a_at = sample(alpha, mx, my) if alpha is not None else None
@@ -264,13 +272,9 @@ def _refine_one(model: AtlasModel, t: int, frame: np.ndarray, preset: str, max_e
     grids, what is still that far off is a flow error or content the atlas does not hold.
     Returns (sum of trusted residuals in frame px, their count)."""
     H, W = frame.shape[:2]
-    ys, xs = _pixel_grid(H, W)
-    out = model(torch.tensor([t], device=model.xy1.device))
-    rec = (out["rgb"][0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    a, b = to_gray(frame), to_gray(rec)
-    f = dis_flow(a, b, preset)
-    ok = consistency(f, dis_flow(b, a, preset), max_error) & textured(frame)
+    out, f, ok = _flow_to_rendering(model, t, frame, preset, max_error)
     ok &= np.hypot(f[..., 0], f[..., 1]) <= max_shift
+    ys, xs = _pixel_grid(H, W)
     mx, my = xs + f[..., 0], ys + f[..., 1]
     a_at = sample(out["alpha"][0, 0].cpu().numpy(), mx, my) if model.layered else None
     for name, mapping in model.mappings().items():
