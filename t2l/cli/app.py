@@ -11,7 +11,29 @@ import typer
 
 from t2l import __version__
 
+
+class Command(typer.core.TyperCommand):
+    """A subcommand whose -h/--help line shows no type (Typer prints `<bool>` there otherwise)."""
+
+    def get_help_option(self, ctx):
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+
+class Group(typer.core.TyperGroup):
+    """The same for a group (t2l, t2l models)."""
+
+    def get_help_option(self, ctx):
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+
 app = typer.Typer(
+    cls=Group,
     name="t2l",
     help="Edit photos and videos from a text prompt (Text2LIVE): train a small generator per input, "
     "guided by CLIP, that outputs an RGBA edit layer.",

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from t2l.cli.app import app
+from t2l.cli.app import Command, app
 from t2l.cli.common import (
     FLAG,
     DeviceOpt,
@@ -44,7 +44,7 @@ def _flagged(e: UsageError) -> UsageError:
     return UsageError("--" + option.replace("_", "-") + e.problem[len(option) :], e.fix)
 
 
-@app.command("atlas")
+@app.command("atlas", cls=Command)
 @handle_errors
 def atlas(
     video: Annotated[Path, typer.Argument(help="Video file or folder of frames.", show_default=False)],

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from t2l.cli.app import app
+from t2l.cli.app import Command, app
 from t2l.cli.common import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_WEIGHTS,
@@ -66,7 +66,7 @@ def output_dirs(images: list[Path], output: Path | None) -> list[Path]:
     return outs
 
 
-@app.command("image", no_args_is_help=True)
+@app.command("image", cls=Command, no_args_is_help=True)
 @_handle_errors
 def image(
     args: Annotated[

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from t2l.cli.app import app
+from t2l.cli.app import Command, Group, app
 from t2l.cli.common import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_WEIGHTS,
@@ -24,6 +24,7 @@ from t2l.cli.common import (
 from t2l.errors import UsageError
 
 models_app = typer.Typer(
+    cls=Group,
     name="models",
     help="Download, list and locate CLIP weights (kept in the shared Hugging Face cache).",
     no_args_is_help=True,
@@ -49,7 +50,7 @@ CacheDirOpt = Annotated[
 _CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_config.json")
 
 
-@models_app.command("download")
+@models_app.command("download", cls=Command)
 @handle_errors
 def download(
     name: NameArg = DEFAULT_CLIP_MODEL,
@@ -77,7 +78,7 @@ def download(
     _print_result(r, json_out)
 
 
-@models_app.command("path")
+@models_app.command("path", cls=Command)
 @handle_errors
 def path(
     name: NameArg = DEFAULT_CLIP_MODEL,
@@ -97,7 +98,7 @@ def path(
     _print_result(r, json_out)
 
 
-@models_app.command("list")
+@models_app.command("list", cls=Command)
 @handle_errors
 def list_(cache_dir: CacheDirOpt = None, json_out: JsonOpt = False) -> None:
     """List the CLIP weights on disk: HF cache (complete and partial downloads) and OpenAI's ~/.cache/clip.

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from t2l.cli.app import app
+from t2l.cli.app import Command, app
 from t2l.cli.common import (
     FLAG,
     DeviceOpt,
@@ -76,7 +76,7 @@ def _check_writable(path: Path, is_folder: bool) -> None:
     check_output_dir(path if is_folder else path.parent)
 
 
-@app.command("render", no_args_is_help=True)
+@app.command("render", cls=Command, no_args_is_help=True)
 @handle_errors
 def render(
     folder: Annotated[

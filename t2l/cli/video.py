@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from t2l.cli.app import app
+from t2l.cli.app import Command, app
 from t2l.cli.common import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_WEIGHTS,
@@ -52,7 +52,7 @@ RUN_FILES = ("checkpoint.pt", "run.json", "generator.pt", "edit.png", "video.mp4
 RUN_FOLDERS = ("layer", "snapshots")
 
 
-@app.command("video", no_args_is_help=True)
+@app.command("video", cls=Command, no_args_is_help=True)
 @_handle_errors
 def video(
     input_path: Annotated[
