@@ -14,7 +14,7 @@ Per step (`LayerCrops.sample`), for the edited layer of an atlas:
 fg items are masked by the layer's opacity, inputs and outputs alike (the composite is then the rendered
 frame times alpha); bg items composite over the original frame, which is the rendered frame.
 
-Raster scale: atlases are stored at ~1 texel per frame pixel, and the generator needs >= min_side px a
+Raster scale: atlases are stored at ~1-1.5 texels per frame pixel, and the generator needs >= min_side px a
 side. A small fg atlas is upsampled by an integer `scale` k for the generator; its output is reduced
 back by a k x k premultiplied average, so training sees the edit exactly as `t2l render` will, and
 edit.png keeps atlas.png's size (paintable, renderable with no special case).
