@@ -244,7 +244,7 @@ def register_frames(model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor
             if progress is not None:
                 progress(p * T + t + 1, passes * T)
         residuals.append(total / max(count, 1))
-        initial_textures(model, frames, masks)
+        initial_textures(model, frames, masks, gain_passes=int(p == passes - 1))  # the gain: once
     return residuals
 
 
@@ -318,7 +318,7 @@ def refine_frames(model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor |
             total, count = total + r, count + n
             if progress is not None:
                 progress(p * T + t + 1, passes * T)
-        initial_textures(model, frames, masks)
+        initial_textures(model, frames, masks, gain_passes=int(p == passes - 1))
         if score is not None:
             now = score()
             if now >= best:
