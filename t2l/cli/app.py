@@ -12,8 +12,8 @@ import typer
 from t2l import __version__
 
 
-class Command(typer.core.TyperCommand):
-    """A subcommand whose -h/--help line shows no type (Typer prints `<bool>` there otherwise)."""
+class _UntypedHelp:
+    """-h/--help shows no type in the help (Typer prints `<bool>` there otherwise)."""
 
     def get_help_option(self, ctx):
         opt = super().get_help_option(ctx)
@@ -22,14 +22,12 @@ class Command(typer.core.TyperCommand):
         return opt
 
 
-class Group(typer.core.TyperGroup):
-    """The same for a group (t2l, t2l models)."""
+class Command(_UntypedHelp, typer.core.TyperCommand):
+    """A subcommand (t2l atlas, t2l models list, ...)."""
 
-    def get_help_option(self, ctx):
-        opt = super().get_help_option(ctx)
-        if opt is not None:
-            opt.metavar = ""
-        return opt
+
+class Group(_UntypedHelp, typer.core.TyperGroup):
+    """A group (t2l, t2l models)."""
 
 
 app = typer.Typer(
