@@ -7,8 +7,9 @@ textures start as the average of the frames splatted into each atlas. Registrati
 (t2l/atlas/register.py) then solves each frame's displacement grids against its own rendering (and,
 with two layers, tracks the foreground frame by frame first), so the mappings follow parallax and
 non-rigid motion, then refines each frame's dense residual fields against it for what the grids
-cannot follow (a pass that does not lower the reconstruction error is undone). The optimisation fits the colours: textures, opacity and gain, on whole frames, a
-few random consecutive frame pairs per step, with NLA's losses (reconstruction, image gradients,
+cannot follow (a pass that does not lower the reconstruction error is undone). The optimisation
+fits the colours: textures, opacity and gain, on whole frames, a few random consecutive frame pairs
+per step, with NLA's losses (reconstruction, image gradients,
 mask bootstrap, sparsity, opacity flow consistency; with `lr_mapping > 0` also flow consistency of
 the mappings and rigidity of the grids, which then learn too).
 

@@ -10,8 +10,9 @@ correction), d_t a coarse per-frame displacement grid, bilinearly upsampled, tha
 parallax and non-rigid motion, and r_t a dense residual field at half the frame resolution
 (bilinearly upsampled) for what a coarse grid cannot follow (a face changing expression, the edge
 between near and far things). r_t is not learned by gradient descent: registration sets it from the
-dense flow between each frame and its reconstruction (t2l/atlas/register.py `refine_frames`). The foreground opacity lives in the foreground atlas (a fourth,
-logit channel), so it moves with the object. Reconstruction: gain_t * (alpha * fg + (1 - alpha) * bg),
+dense flow between each frame and its reconstruction (t2l/atlas/register.py `refine_frames`).
+The foreground opacity lives in the foreground atlas (a fourth, logit channel), so it moves with the
+object. Reconstruction: gain_t * (alpha * fg + (1 - alpha) * bg),
 with a per-frame RGB gain for exposure changes and fades (a black frame is gain 0, not new content).
 
 Coordinates: frame pixels are normalised to [-1, 1] at pixel centres (x_n = (x + 0.5) / W * 2 - 1);

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
 import cv2
@@ -119,17 +120,44 @@ def _solve_layer(model: AtlasModel, name: str, t: int, target_uv: np.ndarray, uv
     return True
 
 
-def _flow_to_rendering(model: AtlasModel, t: int, frame: np.ndarray, preset: str,
-                       max_error: float) -> tuple[dict[str, torch.Tensor], np.ndarray, np.ndarray]:  # fmt: skip
-    """Render frame t and find where each pixel of the frame (H, W, 3 uint8) sits in the rendering.
-    Returns (the model's outputs for [t], flow frame px -> rendering px H, W, 2, trusted pixels H, W bool:
-    forward-backward consistent and textured)."""
+@dataclass
+class _Match:
+    """Where each pixel of a frame sits in that frame's rendering (see `_match`)."""
+
+    out: dict[str, torch.Tensor]  # the model's outputs for [t]
+    flow: np.ndarray  # H, W, 2: frame px -> rendering px
+    ok: np.ndarray  # H, W bool: trusted (forward-backward consistent, textured)
+    mx: np.ndarray  # H, W: x of each pixel's content in the rendering
+    my: np.ndarray
+    alpha_at: np.ndarray | None  # H, W: the rendering's opacity there (None: one layer)
+
+    def layer(self, name: str) -> np.ndarray:
+        """H, W bool: the pixels the opacity gives to layer `name` (fg: alpha > 0.5); all with one layer."""
+        if self.alpha_at is None:
+            return np.ones(self.ok.shape, bool)
+        return self.alpha_at > 0.5 if name == "fg" else self.alpha_at <= 0.5
+
+    def residual(self) -> tuple[float, int]:
+        """(sum of the trusted flow lengths in frame px, their count)."""
+        mag = np.linalg.norm(self.flow, axis=-1)
+        return float(mag[self.ok].sum()), int(self.ok.sum())
+
+
+def _match(model: AtlasModel, t: int, frame: np.ndarray, preset: str, max_error: float,
+           max_shift: float | None = None) -> _Match:  # fmt: skip
+    """Render frame t and find where each pixel of the frame (H, W, 3 uint8) sits in the rendering
+    (DIS flow frame -> rendering, forward-backward checked). max_shift: longer flow is not trusted."""
     out = model(torch.tensor([t], device=model.xy1.device))
     rec = (out["rgb"][0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
     a, b = to_gray(frame), to_gray(rec)
     f = dis_flow(a, b, preset)  # frame px -> where its content is in the rendering
     ok = consistency(f, dis_flow(b, a, preset), max_error) & textured(frame)
-    return out, f, ok
+    if max_shift is not None:
+        ok &= np.hypot(f[..., 0], f[..., 1]) <= max_shift
+    ys, xs = _pixel_grid(*frame.shape[:2])
+    mx, my = xs + f[..., 0], ys + f[..., 1]
+    alpha_at = sample(out["alpha"][0, 0].cpu().numpy(), mx, my) if model.layered else None
+    return _Match(out, f, ok, mx, my, alpha_at)
 
 
 def _register_one(model: AtlasModel, t: int, frame: np.ndarray, mask: np.ndarray | None, smooth: float,
@@ -138,23 +166,17 @@ def _register_one(model: AtlasModel, t: int, frame: np.ndarray, mask: np.ndarray
     """Register frame t (H, W, 3 uint8) to its reconstruction and re-solve each layer's grid.
     known: per layer, the texels that hold data (others are hole-filled guesses: not matched against).
     Returns (sum of trusted residuals in frame px, their count)."""
-    H, W = frame.shape[:2]
-    out, f, ok = _flow_to_rendering(model, t, frame, preset, max_error)
-    ys, xs = _pixel_grid(H, W)
-    mx, my = xs + f[..., 0], ys + f[..., 1]
-    alpha = out["alpha"][0, 0].cpu().numpy() if model.layered else None
-    a_at = sample(alpha, mx, my) if alpha is not None else None
+    m = _match(model, t, frame, preset, max_error)
     for name in (n for n in model.mappings() if n in layers):
-        uv = out[f"uv_{name}"][0].cpu().numpy()  # H, W, 2
-        uv_at = sample(uv, mx, my)  # where the pixel's content is mapped now
-        layer = np.ones((H, W), bool) if a_at is None else (a_at > 0.5 if name == "fg" else a_at <= 0.5)
+        uv = m.out[f"uv_{name}"][0].cpu().numpy()  # H, W, 2
+        uv_at = sample(uv, m.mx, m.my)  # where the pixel's content is mapped now
+        layer = m.layer(name)
         if mask is not None and name == "fg":
             layer &= mask
         if known is not None:
             layer &= _known_at(known[name], uv_at, model, name)
-        _solve_layer(model, name, t, uv_at, uv, (ok & layer).astype(np.float32), smooth)
-    mag = np.linalg.norm(f, axis=-1)
-    return float(mag[ok].sum()), int(ok.sum())
+        _solve_layer(model, name, t, uv_at, uv, (m.ok & layer).astype(np.float32), smooth)
+    return m.residual()
 
 
 def _known_at(known: np.ndarray, uv: np.ndarray, model: AtlasModel, name: str) -> np.ndarray:
@@ -230,21 +252,45 @@ def register_frames(model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor
     Returns:
         the mean trusted registration residual (frame px) of each pass, before its update.
     """
+    m_np = masks.cpu().numpy() if masks is not None else None
+
+    def one(t: int, frame: np.ndarray) -> tuple[float, int]:
+        return _register_one(model, t, frame, None if m_np is None else m_np[t], smooth, preset, max_error)
+
+    return _passes(model, frames, masks, passes, one, progress=progress)
+
+
+@torch.no_grad()
+def _passes(model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor | None, passes: int,
+            one: Callable[[int, np.ndarray], tuple[float, int]], score: Callable[[], float] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> list[float]:  # fmt: skip
+    """`passes` times: one(t, frame) for every frame (it updates frame t's mapping and returns its
+    (residual sum, count)), then the textures are splatted again, the gain re-estimated in the last
+    pass only (each re-estimate is a second splat). With `score` (the clip's reconstruction error) a
+    pass that does not lower it is undone and ends the loop. Returns the mean residual of each pass kept."""
     from t2l.atlas.init import initial_textures  # init imports this module's users
 
     T = len(frames)
-    m_np = masks.cpu().numpy() if masks is not None else None
     residuals = []
+    best = score() if score is not None else None
     for p in range(passes):
+        before = {k: v.clone() for k, v in model.state_dict().items()} if score is not None else None
         total, count = 0.0, 0
         for t in range(T):
-            r, n = _register_one(model, t, frames[t].cpu().numpy(), None if m_np is None else m_np[t], smooth,
-                                 preset, max_error)  # fmt: skip
+            r, n = one(t, frames[t].cpu().numpy())
             total, count = total + r, count + n
             if progress is not None:
                 progress(p * T + t + 1, passes * T)
+        initial_textures(model, frames, masks, gain_passes=int(p == passes - 1))
+        if score is not None:
+            now = score()
+            if now >= best:
+                model.load_state_dict(before)
+                if progress is not None:
+                    progress(passes * T, passes * T)
+                break
+            best = now
         residuals.append(total / max(count, 1))
-        initial_textures(model, frames, masks, gain_passes=int(p == passes - 1))  # the gain: once
     return residuals
 
 
@@ -271,21 +317,17 @@ def _refine_one(model: AtlasModel, t: int, frame: np.ndarray, preset: str, max_e
     its reconstruction finds its content. Flow longer than max_shift px is not trusted: after the
     grids, what is still that far off is a flow error or content the atlas does not hold.
     Returns (sum of trusted residuals in frame px, their count)."""
-    H, W = frame.shape[:2]
-    out, f, ok = _flow_to_rendering(model, t, frame, preset, max_error)
-    ok &= np.hypot(f[..., 0], f[..., 1]) <= max_shift
-    ys, xs = _pixel_grid(H, W)
-    mx, my = xs + f[..., 0], ys + f[..., 1]
-    a_at = sample(out["alpha"][0, 0].cpu().numpy(), mx, my) if model.layered else None
+    m = _match(model, t, frame, preset, max_error, max_shift)
     for name, mapping in model.mappings().items():
-        uv = out[f"uv_{name}"][0].cpu().numpy()  # H, W, 2
-        layer = ok if a_at is None else ok & ((a_at > 0.5) if name == "fg" else (a_at <= 0.5))
+        uv = m.out[f"uv_{name}"][0].cpu().numpy()  # H, W, 2
+        layer = m.ok & m.layer(name)
         if layer.sum() < 50:
             continue
-        delta = _spread_half(sample(uv, mx, my) - uv, layer.astype(np.float32), tuple(mapping.res.shape[2:]))
+        delta = _spread_half(
+            sample(uv, m.mx, m.my) - uv, layer.astype(np.float32), tuple(mapping.res.shape[2:])
+        )
         mapping.res[t] += torch.from_numpy(delta).permute(2, 0, 1).to(mapping.res.device)
-    mag = np.linalg.norm(f, axis=-1)
-    return float(mag[ok].sum()), int(ok.sum())
+    return m.residual()
 
 
 @torch.no_grad()
@@ -305,27 +347,8 @@ def refine_frames(model: AtlasModel, frames: torch.Tensor, masks: torch.Tensor |
     Returns:
         the mean trusted residual (frame px) of each pass kept, before its update.
     """
-    from t2l.atlas.init import initial_textures  # init imports this module's users
 
-    T = len(frames)
-    residuals = []
-    best = score() if score is not None else None
-    for p in range(passes):
-        before = {k: v.clone() for k, v in model.state_dict().items()} if score is not None else None
-        total, count = 0.0, 0
-        for t in range(T):
-            r, n = _refine_one(model, t, frames[t].cpu().numpy(), preset, max_error)
-            total, count = total + r, count + n
-            if progress is not None:
-                progress(p * T + t + 1, passes * T)
-        initial_textures(model, frames, masks, gain_passes=int(p == passes - 1))
-        if score is not None:
-            now = score()
-            if now >= best:
-                model.load_state_dict(before)
-                if progress is not None:
-                    progress(passes * T, passes * T)
-                break
-            best = now
-        residuals.append(total / max(count, 1))
-    return residuals
+    def one(t: int, frame: np.ndarray) -> tuple[float, int]:
+        return _refine_one(model, t, frame, preset, max_error)
+
+    return _passes(model, frames, masks, passes, one, score, progress)
