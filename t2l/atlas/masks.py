@@ -9,7 +9,7 @@ refines it from the colours. Masks are saved in the atlas folder (masks/) for in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -32,6 +32,12 @@ class MaskConfig:
     band_px: int = 8  # boundary band (px) re-decided by colour: camera motion vs the object's own motion
     texture_gate: bool = True  # (with frames) flow residuals count only where the image has structure
     median: bool = True  # (with frames) also foreground: what differs from the median background
+    # carry the motion masks along the flow to every frame (forward and back): an object that is still
+    # for a while (a cup held before it swings) stays foreground in those frames
+    propagate: bool = True
+    carry_colour: float = 24.0  # a carried pixel matches its source in colour (0-255, max over RGB) ...
+    carry_share: float = 0.9  # ... and a blob is carried when this share of its pixels match,
+    carry_px: float = 1.0  # ... those of its pixels that move with it (px from its similarity)
 
 
 def camera_homography(
@@ -110,6 +116,61 @@ def _warp_mask(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
     ).astype(bool)
 
 
+def propagate_masks(masks: np.ndarray, flows: dict[str, np.ndarray], frames: np.ndarray | None,
+                    cfg: MaskConfig = MaskConfig()) -> np.ndarray:  # fmt: skip
+    """Carry each mask blob along the flow to the frames after and before it: one pass forward (frame t
+    gains frame t-1's blobs pulled along the backward flow), one back. A blob is carried whole, or not
+    at all: only to a frame whose masks do not already cover most of it, and only if at least
+    `carry_share` of its carried pixels have trusted flow (forward-backward consistent) and, with
+    `frames`, the colour of the pixel they come from. Motion only shows an object
+    while it moves; carried, its mask also covers the frames where it stands still (a cup held before
+    it swings), where a median background or a static atlas would otherwise hold it. A blob that
+    slides off what it covered (a walker's mask pulled onto the pavement behind it) fails the colour
+    test and stays where it was found: no trails. T, H, W bool -> T, H, W bool."""
+    out = masks.copy()
+    n = len(flows["forward"])
+    H, W = masks.shape[1:]
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
+
+    def carry(dst: int, src: int, flow: np.ndarray, valid: np.ndarray) -> None:
+        if not out[src].any():
+            return
+        moved = _warp_mask(out[src], flow)  # frame src's blobs where the flow puts them in frame dst
+        ok = moved & valid
+        if frames is not None:
+            pulled = cv2.remap(frames[src], xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+            ok &= np.abs(frames[dst].astype(np.int16) - pulled.astype(np.int16)).max(-1) <= cfg.carry_colour
+        count, labels = cv2.connectedComponents(moved.astype(np.uint8))
+        for c in range(1, count):
+            blob = labels == c
+            if ok[blob].mean() < cfg.carry_share:
+                continue
+            # only the pixels that move with the blob (a similarity fitted to its flow): the background
+            # a mask's margin covered stays behind when the object moves on
+            by, bx = np.nonzero(blob & ok)
+            if len(bx) < 3:
+                continue
+            pts = np.stack([bx, by], -1).astype(np.float32)
+            dst_pts = pts + flow[by, bx]
+            sim, _ = cv2.estimateAffinePartial2D(pts, dst_pts, method=cv2.RANSAC, ransacReprojThreshold=1.0)
+            if sim is None:
+                continue
+            err = np.hypot(*(dst_pts - (pts @ sim[:, :2].T + sim[:, 2])).T)
+            keep = err <= cfg.carry_px
+            got = np.zeros_like(blob)
+            got[by[keep], bx[keep]] = True
+            # closed and hole-filled within the blob: pixels lost to flow noise come back, a still
+            # object's mask does not wear away over many frames
+            out[dst] |= clean_mask(got, replace(cfg, open_px=0, min_area=0.0)) & blob
+
+    for t in range(1, n + 1):  # forward: frame t from t-1 (backward flow t -> t-1)
+        carry(t, t - 1, np.asarray(flows["backward"][t - 1], np.float32), flows["backward_valid"][t - 1])
+    for t in range(n - 1, -1, -1):  # back: frame t from t+1 (forward flow t -> t+1)
+        carry(t, t + 1, np.asarray(flows["forward"][t], np.float32), flows["forward_valid"][t])
+    return np.stack([clean_mask(m, cfg) for m in out])
+
+
 def _photometric_error(frame: np.ndarray, other: np.ndarray, h: np.ndarray) -> np.ndarray:
     """Per-pixel colour difference (box-filtered) between `frame` and `other` pulled back through h."""
     H, W = frame.shape[:2]
@@ -158,7 +219,7 @@ def refine_boundaries(
         # min over the two neighbours: a background pixel about to be covered is still seen in the other
         e_bg = np.full(masks.shape[1:], np.inf, np.float32)
         e_fg = np.full_like(e_bg, np.inf)
-        used = 0
+        used, still = 0, False
         for s, flow, valid, h_cam in (
             (t + 1, fwd[t] if t < n else None, fval[t] if t < n else None, homs[t] if t < n else None),
             (
@@ -173,6 +234,9 @@ def refine_boundaries(
             h_obj = _object_homography(flow, valid, masks[t], cfg)
             if h_obj is None:
                 continue
+            ys, xs = np.nonzero(masks[t])
+            (ox, oy), (cx, cy) = apply_homography(h_obj, xs, ys), apply_homography(h_cam, xs, ys)
+            still |= float(np.median(np.hypot(ox - cx, oy - cy))) <= 0.5  # px, object vs camera
             e_bg = np.minimum(e_bg, _photometric_error(frames[t], frames[s], h_cam))
             e_fg = np.minimum(e_fg, _photometric_error(frames[t], frames[s], h_obj))
             used += 1
@@ -180,6 +244,8 @@ def refine_boundaries(
             continue
         m = masks[t].astype(np.uint8)
         band = cv2.dilate(m, _disk(cfg.band_px)).astype(bool) & ~cv2.erode(m, _disk(cfg.band_px)).astype(bool)
+        if still:  # the object stands still next to a neighbour: both motions explain the band alike
+            continue
         decided = e_fg < e_bg
         out[t] = np.where(band, decided, masks[t])
         out[t] = clean_mask(out[t], MaskConfig(open_px=1, close_px=2, min_area=cfg.min_area))
@@ -226,10 +292,16 @@ def motion_masks(
                 votes.append(_warp_mask(masks[t + 1], fwd[t]))
             voted[t] = np.mean(votes, axis=0) > 0.5 if len(votes) == 3 else masks[t]
         masks = np.stack([clean_mask(m, cfg) for m in voted])
+    if cfg.propagate:
+        masks = propagate_masks(masks, flows, frames, cfg)
     if frames is not None and cfg.median:
-        res_masks = residual_masks(frames, homs)
+        # the median of what the motion masks leave: where the object stood still, the background
+        # behind it comes from the frames it has moved away in, not from the object itself
+        res_masks = residual_masks(frames, homs, exclude=masks)
         if res_masks is not None:
             masks = masks | np.stack([clean_mask(m, cfg) for m in res_masks])
+            if cfg.propagate:  # what the median found where the object moved, carried to where it stood
+                masks = propagate_masks(masks, flows, frames, cfg)
     if frames is not None and cfg.band_px > 0:
         masks = refine_boundaries(frames, masks, flows, homs, cfg)
     return masks, homs

@@ -54,9 +54,11 @@ def chain_homographies(homs: np.ndarray) -> np.ndarray:
 
 
 def median_background(
-    frames: np.ndarray, homs: np.ndarray, cfg: SeparationConfig = SeparationConfig()
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The robust background in frame-0 coordinates.
+    frames: np.ndarray, homs: np.ndarray, cfg: SeparationConfig = SeparationConfig(),
+    exclude: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
+    """The robust background in frame-0 coordinates; `exclude` (T, H, W bool: pixels known to be
+    foreground) are left out of the median.
 
     Returns:
         (median RGB float32 Ha, Wa, 3; to_ref T, 3, 3 maps frame t px -> median px), or None when the
@@ -80,7 +82,8 @@ def median_background(
     stack = np.full((len(picks), Ha, Wa, 3), np.nan, np.float32)
     for k, t in enumerate(picks):
         warped = cv2.warpPerspective(frames[t], to_ref[t], (Wa, Ha), flags=cv2.INTER_LINEAR)
-        cover = cv2.warpPerspective(np.ones((H, W), np.uint8), to_ref[t], (Wa, Ha), flags=cv2.INTER_NEAREST)
+        keep = np.ones((H, W), np.uint8) if exclude is None else (~exclude[t]).astype(np.uint8)
+        cover = cv2.warpPerspective(keep, to_ref[t], (Wa, Ha), flags=cv2.INTER_NEAREST)
         stack[k][cover > 0] = warped[cover > 0]
     with np.errstate(all="ignore"):
         import warnings
@@ -92,11 +95,13 @@ def median_background(
 
 
 def residual_masks(
-    frames: np.ndarray, homs: np.ndarray, cfg: SeparationConfig = SeparationConfig()
-) -> np.ndarray | None:
+    frames: np.ndarray, homs: np.ndarray, cfg: SeparationConfig = SeparationConfig(),
+    exclude: np.ndarray | None = None,
+) -> np.ndarray | None:  # fmt: skip
     """Foreground where a frame differs from the median background (T, H, W bool), or None (see
-    median_background). Raw: the caller cleans them (masks.clean_mask)."""
-    got = median_background(frames, homs, cfg)
+    median_background; `exclude`: foreground already known, left out of the median). Raw: the caller
+    cleans them (masks.clean_mask)."""
+    got = median_background(frames, homs, cfg, exclude)
     if got is None:
         return None
     med, to_ref = got
