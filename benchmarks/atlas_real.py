@@ -92,20 +92,19 @@ def report():
     with open(out, "w") as f:
         f.write(hwm)
 atexit.register(report)
-sys.argv[0] = "t2l"
 runpy.run_module("t2l", run_name="__main__", alter_sys=True)
 """
 
 
-def run_cli(args: list[str], log: Path) -> tuple[int, float, float]:
-    """Run `python -m t2l ARGS`; returns (exit code, wall s, peak RSS MB of that process)."""
+def run_cli(args: list[str], log: Path) -> tuple[int, float, float | None]:
+    """Run `python -m t2l ARGS`; returns (exit code, wall s, peak RSS MB of that process or None)."""
     hwm = log.with_suffix(".hwm")
     hwm.unlink(missing_ok=True)
     t0 = time.perf_counter()
     with open(log, "w") as f:
         p = subprocess.run([sys.executable, "-c", _HWM, str(hwm), *args], stdout=f, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
-    rss = int(hwm.read_text()) / 1024 if hwm.exists() else float("nan")
+    rss = int(hwm.read_text()) / 1024 if hwm.exists() else None  # killed (SIGKILL): not known
     return p.returncode, wall, rss
 
 
@@ -170,7 +169,13 @@ def evaluate(case: str, frames: int, clips: Path, out: Path, extra: list[str]) -
     if start:
         args += ["--start", str(start)]
     rc, wall, rss = run_cli(args, out / f"{case}-{frames}.log")
-    row = {"case": case, "frames": frames, "rc": rc, "wall_s": round(wall, 1), "peak_rss_mb": round(rss)}
+    row = {
+        "case": case,
+        "frames": frames,
+        "rc": rc,
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": None if rss is None else round(rss),
+    }
     log = (out / f"{case}-{frames}.log").read_text().strip().splitlines()
     row["last_line"] = log[-1][-200:] if log else ""
     if rc != 0:

@@ -119,14 +119,15 @@ def _warp_mask(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
 def propagate_masks(masks: np.ndarray, flows: dict[str, np.ndarray], frames: np.ndarray | None,
                     cfg: MaskConfig = MaskConfig()) -> np.ndarray:  # fmt: skip
     """Carry each mask blob along the flow to the frames after and before it: one pass forward (frame t
-    gains frame t-1's blobs pulled along the backward flow), one back. A blob is carried whole, or not
-    at all: only to a frame whose masks do not already cover most of it, and only if at least
-    `carry_share` of its carried pixels have trusted flow (forward-backward consistent) and, with
-    `frames`, the colour of the pixel they come from. Motion only shows an object
-    while it moves; carried, its mask also covers the frames where it stands still (a cup held before
-    it swings), where a median background or a static atlas would otherwise hold it. A blob that
-    slides off what it covered (a walker's mask pulled onto the pavement behind it) fails the colour
-    test and stays where it was found: no trails. T, H, W bool -> T, H, W bool."""
+    gains frame t-1's blobs pulled along the backward flow), one back. A blob is carried only if at
+    least `carry_share` of its pulled pixels have trusted flow (forward-backward consistent) and, with
+    `frames`, the colour of the pixel they come from; of those, the pixels that move with the blob
+    (within `carry_px` of a similarity fitted to their flow) are added, closed and hole-filled inside
+    the blob. Motion only shows an object while it moves; carried, its mask also covers the frames
+    where it stands still (a cup held before it swings), where a median background or a static atlas
+    would otherwise hold it. The background a blob's margin covered does not move with the object and
+    the pavement a walker leaves does not match its colour: no trails. A false blob on a still
+    background is carried to every frame just the same. T, H, W bool -> T, H, W bool."""
     out = masks.copy()
     n = len(flows["forward"])
     H, W = masks.shape[1:]
@@ -153,7 +154,9 @@ def propagate_masks(masks: np.ndarray, flows: dict[str, np.ndarray], frames: np.
                 continue
             pts = np.stack([bx, by], -1).astype(np.float32)
             dst_pts = pts + flow[by, bx]
-            sim, _ = cv2.estimateAffinePartial2D(pts, dst_pts, method=cv2.RANSAC, ransacReprojThreshold=1.0)
+            sim, _ = cv2.estimateAffinePartial2D(
+                pts, dst_pts, method=cv2.RANSAC, ransacReprojThreshold=cfg.carry_px
+            )
             if sim is None:
                 continue
             err = np.hypot(*(dst_pts - (pts @ sim[:, :2].T + sim[:, 2])).T)
@@ -237,15 +240,15 @@ def refine_boundaries(
             ys, xs = np.nonzero(masks[t])
             (ox, oy), (cx, cy) = apply_homography(h_obj, xs, ys), apply_homography(h_cam, xs, ys)
             still |= float(np.median(np.hypot(ox - cx, oy - cy))) <= 0.5  # px, object vs camera
+            if still:  # the object stands still next to a neighbour: both motions explain the band alike
+                break
             e_bg = np.minimum(e_bg, _photometric_error(frames[t], frames[s], h_cam))
             e_fg = np.minimum(e_fg, _photometric_error(frames[t], frames[s], h_obj))
             used += 1
-        if not used:
+        if not used or still:
             continue
         m = masks[t].astype(np.uint8)
         band = cv2.dilate(m, _disk(cfg.band_px)).astype(bool) & ~cv2.erode(m, _disk(cfg.band_px)).astype(bool)
-        if still:  # the object stands still next to a neighbour: both motions explain the band alike
-            continue
         decided = e_fg < e_bg
         out[t] = np.where(band, decided, masks[t])
         out[t] = clean_mask(out[t], MaskConfig(open_px=1, close_px=2, min_area=cfg.min_area))
