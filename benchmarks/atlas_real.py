@@ -36,7 +36,9 @@ from pathlib import Path
 
 # name: (file in the cache, first frame, static camera, frames of the shot from there or None)
 CASES = {
-    "bunny": ("bigbuckbunny.mp4", 0, True, None),  # 1280x720, a large non-rigid character emerging
+    # 1280x720, a large non-rigid character emerging; the camera drifts (~12 px by frame 90 at 320 px)
+    # and the bunny stands where it emerged most of the clip: no median reference (static = False)
+    "bunny": ("bigbuckbunny.mp4", 0, False, None),
     "carphone": ("carphone_pristine.mp4", 0, False, None),  # 176x144, a man talking in a moving car
     "bikes": ("bikes.mp4", 76, False, 61),  # 640x272; cuts at 30, 76, 137...: the 61-frame third shot
     "bikes-cut": ("bikes.mp4", 0, False, 0),  # default window (0 = no --max-frames): must stop at the cut
