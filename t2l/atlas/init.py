@@ -27,23 +27,11 @@ import numpy as np
 import torch
 
 from t2l.atlas.coords import grid_uv_to_px, uv_to_pixels
-from t2l.atlas.masks import camera_homography
+from t2l.atlas.masks import camera_homography, similarity
 from t2l.atlas.model import AtlasModel
 
 if TYPE_CHECKING:  # fit.py imports this module
     from t2l.atlas.fit import FitConfig
-
-
-def _similarity(flow: np.ndarray, where: np.ndarray) -> np.ndarray | None:
-    """A 3x3 similarity mapping frame-a px to frame-b px fitted (RANSAC) to the flow at `where`."""
-    ys, xs = np.nonzero(where)
-    if len(xs) < 20:
-        return None
-    step = max(1, len(xs) // 4000)
-    src = np.stack([xs[::step], ys[::step]], -1).astype(np.float32)
-    dst = src + flow[ys[::step], xs[::step]]
-    m, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=1.0)
-    return None if m is None else np.vstack([m, [0, 0, 1]])
 
 
 def _chain(steps: list[np.ndarray]) -> list[np.ndarray]:
@@ -113,7 +101,7 @@ def initial_geometry(masks: np.ndarray | None, flows: dict[str, np.ndarray], siz
     obj = []
     for t in range(T - 1):
         inner = cv2.erode(masks[t].astype(np.uint8), inner_k).astype(bool) & fval[t]
-        h = _similarity(fwd[t], inner)
+        h = similarity(fwd[t], inner)
         if h is None and masks[t].any() and masks[t + 1].any():
             shift = np.argwhere(masks[t + 1]).mean(0) - np.argwhere(masks[t]).mean(0)  # (dy, dx)
             h = np.array([[1, 0, shift[1]], [0, 1, shift[0]], [0, 0, 1]], np.float64)

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from t2l.atlas.flow import sample
 from t2l.atlas.separate import residual_masks, textured
 from t2l.errors import InputError
 from t2l.video_read import IMAGE_SUFFIXES, natural_key
@@ -65,6 +66,19 @@ def camera_homography(
             return h
     shift = np.median(flow.reshape(-1, 2), axis=0) if len(src) == 0 else np.median(dst - src, axis=0)
     return np.array([[1, 0, shift[0]], [0, 1, shift[1]], [0, 0, 1]], np.float64)
+
+
+def similarity(flow: np.ndarray, where: np.ndarray, ransac_px: float = 1.0) -> np.ndarray | None:
+    """A 3x3 similarity mapping frame-a px to frame-b px fitted (RANSAC) to the flow at `where`
+    (H, W bool; at most ~4000 of its pixels are used), or None with fewer than 20 pixels."""
+    ys, xs = np.nonzero(where)
+    if len(xs) < 20:
+        return None
+    step = max(1, len(xs) // 4000)
+    src = np.stack([xs[::step], ys[::step]], -1).astype(np.float32)
+    dst = src + flow[ys[::step], xs[::step]]
+    m, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=ransac_px)
+    return None if m is None else np.vstack([m, [0, 0, 1]])
 
 
 def apply_homography(h: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,8 +144,7 @@ def propagate_masks(masks: np.ndarray, flows: dict[str, np.ndarray], frames: np.
     background is carried to every frame just the same. T, H, W bool -> T, H, W bool."""
     out = masks.copy()
     n = len(flows["forward"])
-    H, W = masks.shape[1:]
-    ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
+    ys, xs = np.mgrid[0 : masks.shape[1], 0 : masks.shape[2]].astype(np.float32)
 
     def carry(dst: int, src: int, flow: np.ndarray, valid: np.ndarray) -> None:
         if not out[src].any():
@@ -139,8 +152,7 @@ def propagate_masks(masks: np.ndarray, flows: dict[str, np.ndarray], frames: np.
         moved = _warp_mask(out[src], flow)  # frame src's blobs where the flow puts them in frame dst
         ok = moved & valid
         if frames is not None:
-            pulled = cv2.remap(frames[src], xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+            pulled = sample(frames[src], xs + flow[..., 0], ys + flow[..., 1])
             ok &= np.abs(frames[dst].astype(np.int16) - pulled.astype(np.int16)).max(-1) <= cfg.carry_colour
         count, labels = cv2.connectedComponents(moved.astype(np.uint8))
         for c in range(1, count):
@@ -149,18 +161,12 @@ def propagate_masks(masks: np.ndarray, flows: dict[str, np.ndarray], frames: np.
                 continue
             # only the pixels that move with the blob (a similarity fitted to its flow): the background
             # a mask's margin covered stays behind when the object moves on
-            by, bx = np.nonzero(blob & ok)
-            if len(bx) < 3:
-                continue
-            pts = np.stack([bx, by], -1).astype(np.float32)
-            dst_pts = pts + flow[by, bx]
-            sim, _ = cv2.estimateAffinePartial2D(
-                pts, dst_pts, method=cv2.RANSAC, ransacReprojThreshold=cfg.carry_px
-            )
+            sim = similarity(flow, blob & ok, cfg.carry_px)
             if sim is None:
                 continue
-            err = np.hypot(*(dst_pts - (pts @ sim[:, :2].T + sim[:, 2])).T)
-            keep = err <= cfg.carry_px
+            by, bx = np.nonzero(blob & ok)
+            sx, sy = apply_homography(sim, bx, by)
+            keep = np.hypot(bx + flow[by, bx, 0] - sx, by + flow[by, bx, 1] - sy) <= cfg.carry_px
             got = np.zeros_like(blob)
             got[by[keep], bx[keep]] = True
             # closed and hole-filled within the blob: pixels lost to flow noise come back, a still
