@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from t2l.atlas.flow import sample
+from t2l.atlas.flow import consistency, dis_flow, sample, to_gray
 from t2l.atlas.separate import residual_masks, textured
 from t2l.errors import InputError
 from t2l.video_read import IMAGE_SUFFIXES, natural_key
@@ -39,6 +39,16 @@ class MaskConfig:
     carry_colour: float = 24.0  # a carried pixel matches its source in colour (0-255, max over RGB) ...
     carry_share: float = 0.9  # ... and a blob is carried when this share of its pixels match,
     carry_px: float = 1.0  # ... those of its pixels that move with it (px from its similarity)
+    # (with frames) also flow between frames this far apart: an object moving a fraction of a pixel
+    # per frame (a box held in a hand) moves several pixels against the camera over that gap
+    long_gap: int = 8
+    long_px: float = 2.0  # disagreement (px) over the long gap that counts as moving, at least
+    # ... used only where the camera moves less than this (median px over the gap): a moving camera's
+    # parallax grows with the gap, and a slow object is then told from it by the short gaps only
+    long_static_px: float = 0.5
+    # ... and only where the colour changed over the gap (RGB sum, 5x5 mean): DIS smears an object's
+    # motion a few px onto the still background around it, whose colour stays
+    long_colour: float = 30.0
 
 
 def camera_homography(
@@ -261,6 +271,52 @@ def refine_boundaries(
     return out
 
 
+def _camera_shift(h: np.ndarray, shape: tuple[int, int]) -> float:
+    """Median displacement (px) of a homography over a 16 px grid of an H, W frame."""
+    ys, xs = np.mgrid[0 : shape[0] : 16, 0 : shape[1] : 16].astype(np.float64)
+    hx, hy = apply_homography(h, xs, ys)
+    return float(np.median(np.hypot(hx - xs, hy - ys)))
+
+
+def _new_blobs(found: np.ndarray, known: np.ndarray, share: float = 0.5) -> np.ndarray:
+    """The blobs of `found` (T, H, W bool) of which less than `share` lies on `known`: objects the
+    long gap adds; where the short gaps already see an object its (smeared) long-gap mask is left out."""
+    out = np.zeros_like(found)
+    for t in range(len(found)):
+        n, labels = cv2.connectedComponents(found[t].astype(np.uint8))
+        for i in range(1, n):
+            blob = labels == i
+            if (blob & known[t]).sum() < share * blob.sum():
+                out[t] |= blob
+    return out
+
+
+def _slow_motion(frames: np.ndarray, cfg: MaskConfig, tex: np.ndarray | None) -> np.ndarray:
+    """Pixels that move against the camera over `long_gap` frames (T, H, W bool): DIS flow from frame
+    s to s + gap and to s - gap, forward-backward checked, against a RANSAC homography of it. A pixel
+    counts where its colour changed towards both (the background a moving object is about to cover
+    changed towards one only, and DIS smears the object's motion onto it); frames within a gap of the
+    ends are left to the carrying."""
+    gray = [to_gray(f) for f in frames]
+    T, k = len(frames), cfg.long_gap
+    moved = np.zeros((2,) + frames.shape[:3], bool)  # [0]: towards s + k, [1]: towards s - k
+    changed = np.zeros_like(moved)
+    for t in range(T - k):
+        f, g = dis_flow(gray[t], gray[t + k]), dis_flow(gray[t + k], gray[t])
+        for side, s, o, flow, valid in (
+            (0, t, t + k, f, consistency(f, g)),
+            (1, t + k, t, g, consistency(g, f)),
+        ):
+            h = camera_homography(flow, valid, cfg.ransac_px)
+            if _camera_shift(h, flow.shape[:2]) > cfg.long_static_px:  # parallax grows with the gap
+                continue
+            res = motion_residual(flow, h)
+            thr = max(cfg.long_px, cfg.residual_scale * float(np.median(res[valid])) if valid.any() else 0.0)
+            moved[side, s] = (res > thr) & valid & (tex[s] if tex is not None else True)
+            changed[side, s] = _photometric_error(frames[s], frames[o], h) > cfg.long_colour
+    return (moved[0] | moved[1]) & changed[0] & changed[1]
+
+
 def motion_masks(
     flows: dict[str, np.ndarray], cfg: MaskConfig = MaskConfig(), frames: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -291,6 +347,8 @@ def motion_masks(
             )
             raw[t] |= (res > thr) & valid & (tex[t] if tex is not None else True)
     masks = np.stack([clean_mask(m, cfg) for m in raw])
+    if frames is not None and cfg.long_gap > 1 and n >= 2 * cfg.long_gap:
+        masks |= _new_blobs(np.stack([clean_mask(m, cfg) for m in _slow_motion(frames, cfg, tex)]), masks)
     if cfg.vote and n >= 1:
         voted = np.empty_like(masks)
         for t in range(n + 1):
