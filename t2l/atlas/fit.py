@@ -54,6 +54,7 @@ class FitConfig:
     # registered mappings away from the content and lost 1-4 dB; docs/benchmarks.md)
     lr_mapping: float = 0.0
     lr_gain: float = 1e-3  # Adam lr of the per-frame RGB gain (initialised from the frames)
+    lr_opacity_field: float = 0.05  # Adam lr of the per-frame opacity correction (logit units); 0 = none
     grid: tuple[int, int] = (12, 20)  # displacement grid per frame (rows, cols)
     w_rgb: float = 1.0  # squared colour error
     w_grad: float = 0.5  # squared error of image x/y differences
@@ -160,7 +161,7 @@ class AtlasFitter:
             except RuntimeError as e:  # a tensor of another shape: another clip size or t2l version
                 raise ValueError(f"saved model does not match: {str(e).splitlines()[-1].strip()}") from None
             # states from before the gain keep gain 1, from before the residual fields none (zeros)
-            if unexpected or set(missing) - {"gain", "bg_map.res", "fg_map.res"}:
+            if unexpected or set(missing) - {"gain", "bg_map.res", "fg_map.res", "alpha_field"}:
                 raise ValueError(f"saved model does not match: missing {missing}, unexpected {unexpected}")
             self.step = int(state["step"])
             reg = state.get("registration") or {}
@@ -190,6 +191,9 @@ class AtlasFitter:
         if self.model.layered:
             groups.append({"params": [self.model.fg_texture], "lr": cfg.lr_texture})
         groups.append({"params": [self.model.gain], "lr": cfg.lr_gain})
+        if self.model.layered:
+            self.model.alpha_field.requires_grad_(cfg.lr_opacity_field > 0)
+            groups.append({"params": [self.model.alpha_field], "lr": cfg.lr_opacity_field})
         self.base_lr = [g["lr"] for g in groups]  # before loading a state: saved groups carry decayed lrs
         self.opt = torch.optim.Adam(groups, betas=(0.9, 0.99))
         if state is not None and "optimizer" in state:

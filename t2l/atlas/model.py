@@ -63,6 +63,11 @@ def frame_grid(height: int, width: int, device=None) -> torch.Tensor:
     return torch.stack([gx, gy, torch.ones_like(gx)], -1)
 
 
+def opacity_field_size(height: int, width: int) -> tuple[int, int]:
+    """Rows and columns of a frame's opacity correction field: an eighth of the frame's, rounded up."""
+    return (height + 7) // 8, (width + 7) // 8
+
+
 def residual_size(height: int, width: int) -> tuple[int, int]:
     """Rows and columns of the dense residual field of a frame: half the frame's, rounded up."""
     return (height + 1) // 2, (width + 1) // 2
@@ -116,6 +121,12 @@ class AtlasModel(nn.Module):
             fg[:, 3] = -6.0
             self.fg_texture = nn.Parameter(fg)  # 1, 4, Hf, Wf: RGB in [0,1] and alpha logit
             self.fg_map = LayerMapping(fg_h0, cfg.grid, res)
+            # per-frame correction of the opacity logit (coarse: 8 frame px a cell): every pixel of every
+            # frame maps somewhere into the foreground atlas, and where an object appears late (a hand
+            # entering) its texels are the same the background pixels of the earlier frames map to
+            self.alpha_field = nn.Parameter(
+                torch.zeros(cfg.frames, 1, *opacity_field_size(cfg.height, cfg.width))
+            )
 
     @property
     def layered(self) -> bool:
@@ -142,7 +153,8 @@ class AtlasModel(nn.Module):
         out["uv_fg"] = self.fg_map(t, self.xy1)
         fg = self.sample(self.fg_texture, out["uv_fg"])
         out["rgb_fg"] = fg[:, :3].clamp(0, 1)
-        out["alpha"] = torch.sigmoid(fg[:, 3:4])
+        field = F.interpolate(self.alpha_field[t], size=fg.shape[-2:], mode="bilinear", align_corners=False)
+        out["alpha"] = torch.sigmoid(fg[:, 3:4] + field)
         out["rgb"] = gain * (out["alpha"] * out["rgb_fg"] + (1 - out["alpha"]) * out["rgb_bg"])
         return out
 
