@@ -271,6 +271,15 @@ def refine_boundaries(
     return out
 
 
+def _moving(flow: np.ndarray, valid: np.ndarray, h: np.ndarray, floor_px: float, scale: float,
+            tex: np.ndarray | None) -> np.ndarray:  # fmt: skip
+    """Trusted (and, with `tex`, textured) pixels whose flow disagrees with the camera homography h by
+    more than max(floor_px, scale x the frame's median disagreement): H, W bool."""
+    res = motion_residual(flow, h)
+    thr = max(floor_px, scale * float(np.median(res[valid])) if valid.any() else 0.0)
+    return (res > thr) & valid & (tex if tex is not None else True)
+
+
 def _camera_shift(h: np.ndarray, shape: tuple[int, int]) -> float:
     """Median displacement (px) of a homography over a 16 px grid of an H, W frame."""
     ys, xs = np.mgrid[0 : shape[0] : 16, 0 : shape[1] : 16].astype(np.float64)
@@ -310,9 +319,9 @@ def _slow_motion(frames: np.ndarray, cfg: MaskConfig, tex: np.ndarray | None) ->
             h = camera_homography(flow, valid, cfg.ransac_px)
             if _camera_shift(h, flow.shape[:2]) > cfg.long_static_px:  # parallax grows with the gap
                 continue
-            res = motion_residual(flow, h)
-            thr = max(cfg.long_px, cfg.residual_scale * float(np.median(res[valid])) if valid.any() else 0.0)
-            moved[side, s] = (res > thr) & valid & (tex[s] if tex is not None else True)
+            moved[side, s] = _moving(
+                flow, valid, h, cfg.long_px, cfg.residual_scale, tex[s] if tex is not None else None
+            )
             changed[side, s] = _photometric_error(frames[s], frames[o], h) > cfg.long_colour
     return (moved[0] | moved[1]) & changed[0] & changed[1]
 
@@ -341,11 +350,9 @@ def motion_masks(
         if t > 0:
             pairs.append((bwd[t - 1], bval[t - 1], camera_homography(bwd[t - 1], bval[t - 1], cfg.ransac_px)))
         for flow, valid, h in pairs:
-            res = motion_residual(flow, h)
-            thr = max(
-                cfg.residual_px, cfg.residual_scale * float(np.median(res[valid])) if valid.any() else 0.0
+            raw[t] |= _moving(
+                flow, valid, h, cfg.residual_px, cfg.residual_scale, tex[t] if tex is not None else None
             )
-            raw[t] |= (res > thr) & valid & (tex[t] if tex is not None else True)
     masks = np.stack([clean_mask(m, cfg) for m in raw])
     if frames is not None and cfg.long_gap > 1 and n >= 2 * cfg.long_gap:
         masks |= _new_blobs(np.stack([clean_mask(m, cfg) for m in _slow_motion(frames, cfg, tex)]), masks)
