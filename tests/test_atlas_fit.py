@@ -153,6 +153,29 @@ def test_a_fit_resumes_with_its_own_grid_and_mapping_rate(clip):
     assert not held.model.bg_map.disp.requires_grad and torch.equal(before, held.model.bg_map.disp)
 
 
+def test_a_two_layer_fit_from_before_the_opacity_field_resumes_with_its_moments(clip):
+    """A state saved before the per-frame opacity correction (no `alpha_field`, one optimiser group
+    fewer) resumes without it (zeros, not learned: as it started) and keeps the Adam moments of its
+    other groups (a group-count mismatch used to restart them all)."""
+    c, flows, _ = clip
+    cfg = FitConfig(steps=3, seed=1, register_passes=0, track=False, refine_passes=0)
+    fitter = AtlasFitter(c.frames, c.masks, flows, cfg)
+    list(fitter.run())
+    state = fitter.state_dict()
+    state["model"].pop("alpha_field")
+    del state["fit_config"]["lr_opacity_field"]
+    last = len(state["optimizer"]["param_groups"]) - 1
+    field_id = state["optimizer"]["param_groups"].pop()["params"][0]
+    state["optimizer"]["state"].pop(field_id, None)
+    assert last == 4
+    again = AtlasFitter(c.frames, c.masks, flows, FitConfig(steps=6, seed=1), state=state)
+    assert again.cfg.lr_opacity_field == 0.0 and not again.model.alpha_field.requires_grad
+    saved_m = state["optimizer"]["state"][0]["exp_avg"]  # the background texture's first moment
+    assert torch.equal(again.opt.state_dict()["state"][0]["exp_avg"], saved_m)
+    list(again.run())
+    assert torch.count_nonzero(again.model.alpha_field) == 0
+
+
 def test_all_empty_masks_give_an_empty_foreground_not_a_crash(clip):
     """Masks with no pixel in any frame (a --masks folder of black images): the fit still runs, the
     foreground atlas is frame-sized and stays transparent, the background reconstructs the clip as a

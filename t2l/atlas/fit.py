@@ -167,10 +167,11 @@ class AtlasFitter:
             reg = state.get("registration") or {}
             self.tracked, self.register_residuals = reg.get("tracked"), list(reg.get("residuals", []))
             self.refine_residuals = list(reg.get("refine_residuals", []))
-            # a fit resumes as it started: its grid, and mappings learned or held (states from before
-            # registration learned them at 3e-4)
+            # a fit resumes as it started: its grid, mappings learned or held (states from before
+            # registration learned them at 3e-4), and an opacity correction or none (none before it)
             saved = state.get("fit_config") or {}
-            cfg = self.cfg = replace(cfg, grid=mcfg.grid, lr_mapping=float(saved.get("lr_mapping", 3e-4)))
+            cfg = self.cfg = replace(cfg, grid=mcfg.grid, lr_mapping=float(saved.get("lr_mapping", 3e-4)),
+                                     lr_opacity_field=float(saved.get("lr_opacity_field", 0.0)))  # fmt: skip
         else:
             geo = initial_geometry(masks, flows, (H, W), cfg)
             mcfg = AtlasModelConfig(T, H, W, geo["bg_size"], geo["fg_size"], cfg.grid)
@@ -197,9 +198,17 @@ class AtlasFitter:
         self.base_lr = [g["lr"] for g in groups]  # before loading a state: saved groups carry decayed lrs
         self.opt = torch.optim.Adam(groups, betas=(0.9, 0.99))
         if state is not None and "optimizer" in state:
+            saved_opt = state["optimizer"]
+            now = self.opt.state_dict()["param_groups"]
+            if len(saved_opt["param_groups"]) < len(now):  # a state from before the last groups (gain,
+                # opacity field) were added: those start fresh, the others keep their moments
+                saved_opt = {
+                    **saved_opt,
+                    "param_groups": saved_opt["param_groups"] + now[len(saved_opt["param_groups"]) :],
+                }
             try:
-                self.opt.load_state_dict(state["optimizer"])
-            except ValueError:  # a state from before the gain group: the moments restart
+                self.opt.load_state_dict(saved_opt)
+            except ValueError:  # groups that do not match at all: the moments restart
                 pass
         # the frame sampler: restored from a saved state, so an interrupted fit resumes exactly
         self.gen = torch.Generator().manual_seed(cfg.seed)
