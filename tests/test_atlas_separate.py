@@ -204,13 +204,38 @@ def test_slowly_moving_object_on_a_static_camera_is_masked():
     assert (old & clip.masks).sum() / clip.masks.sum() < 0.3
 
 
-def test_object_entering_late_lands_in_the_foreground():
-    """The tree clip's hand: nothing moves for most of the clip, then an object comes in. Every pixel
-    of the early frames maps into the foreground atlas too, onto the texels the object later uses, and
-    wants them transparent; the per-frame opacity field lets the late frames have them opaque."""
-    from t2l.atlas.fit import AtlasFitter, FitConfig
+def test_slow_motion_cue_skips_a_panning_camera(monkeypatch):
+    """Over 8 frames a moving camera's parallax looks like motion (city: the mask share went 0.18 ->
+    0.54 without the still-camera gate); a pan is refused before its long flows are computed."""
+    import t2l.atlas.masks as mk
 
-    T, k = 20, 13
+    kw = dict(frames=20, height=54, width=96, seed=5, pan=(1.5, 0.0), wobble=0.0, speed=(0.4, 0.0))
+    clip = make_clip(SyntheticConfig(**kw))
+    flows = compute_flows(clip.frames)
+    _, homs = motion_masks(flows, frames=clip.frames)
+    cfg = MaskConfig()
+    calls = []
+    real = mk.dis_flow
+    monkeypatch.setattr(mk, "dis_flow", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert not mk._slow_motion(clip.frames, cfg, None, homs).any()
+    assert calls == []  # the chained camera motion decided it, no long flow was computed
+    # the flows' own homography is the second gate (when no chain is given); without either the cue
+    # fires on the panning clip (what the gates guard against)
+    assert not mk._slow_motion(clip.frames, cfg, None).any()
+    assert mk._slow_motion(clip.frames, MaskConfig(long_static_px=1e9), None).any()
+
+
+def test_mask_progress_ends_at_its_total():
+    frames = _wall(T=20)
+    seen = []
+    motion_masks(compute_flows(frames), frames=frames, progress=lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1][0] == seen[-1][1]
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len({t for _, t in seen}) == 1
+
+
+def _late_object(T: int = 20, k: int = 13):
+    """Static camera; nothing but background until frame k, then an object crosses at 3 px/frame.
+    Returns frames (with sensor noise), true masks, flows and the automatic masks."""
     kw = dict(frames=T, height=54, width=96, seed=4, pan=(0.0, 0.0), speed=(3.0, 0.0), wobble=0.0)
     clip = make_clip(SyntheticConfig(**kw))
     first_bg = np.argmax(~clip.masks, axis=0)  # a frame in which each pixel shows the background
@@ -223,6 +248,17 @@ def test_object_entering_late_lands_in_the_foreground():
     frames = np.clip(frames + rng.normal(0, 1.0, frames.shape), 0, 255).astype(np.uint8)
     flows = compute_flows(frames)
     masks, _ = motion_masks(flows, frames=frames)
+    return frames, truth, flows, masks
+
+
+def test_object_entering_late_lands_in_the_foreground():
+    """The tree clip's hand: nothing moves for most of the clip, then an object comes in. Every pixel
+    of the early frames maps into the foreground atlas too, onto the texels the object later uses, and
+    wants them transparent; the per-frame opacity field lets the late frames have them opaque."""
+    from t2l.atlas.fit import AtlasFitter, FitConfig
+
+    k = 13
+    frames, truth, flows, masks = _late_object(k=k)
 
     def fit(lr: float):
         fitter = AtlasFitter(frames, masks, flows, FitConfig(steps=240, seed=0, lr_opacity_field=lr))
@@ -230,11 +266,13 @@ def test_object_entering_late_lands_in_the_foreground():
             pass
         res = fitter.export()
         alpha = res.alpha > 0.5
-        return (alpha[k:] & truth[k:]).sum() / truth[k:].sum(), np.mean(res.psnr)
+        late = (alpha[k:] & truth[k:]).sum() / truth[k:].sum()
+        return late, alpha[:k].mean(), np.mean(res.psnr)
 
-    found, psnr = fit(FitConfig().lr_opacity_field)
+    found, early, psnr = fit(FitConfig().lr_opacity_field)
     assert found > 0.9 and psnr > 38
+    assert early < 0.01  # and the frames before it stay transparent (nothing is there)
     # what this guards against: with the opacity in the atlas alone the early frames win (measured:
     # 10% of the object opaque, 33.9 dB)
-    found, psnr = fit(0.0)
+    found, _, _ = fit(0.0)
     assert found < 0.5

@@ -9,6 +9,7 @@ refines it from the colours. Masks are saved in the atlas folder (masks/) for in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -300,17 +301,29 @@ def _new_blobs(found: np.ndarray, known: np.ndarray, share: float = 0.5) -> np.n
     return out
 
 
-def _slow_motion(frames: np.ndarray, cfg: MaskConfig, tex: np.ndarray | None) -> np.ndarray:
+def _slow_motion(frames: np.ndarray, cfg: MaskConfig, tex: np.ndarray | None, homs: np.ndarray | None = None,
+                 tick: Callable[[], None] | None = None) -> np.ndarray:  # fmt: skip
     """Pixels that move against the camera over `long_gap` frames (T, H, W bool): DIS flow from frame
     s to s + gap and to s - gap, forward-backward checked, against a RANSAC homography of it. A pixel
     counts where its colour changed towards both (the background a moving object is about to cover
     changed towards one only, and DIS smears the object's motion onto it); frames within a gap of the
-    ends are left to the carrying."""
+    ends are left to the carrying. Only for a still camera: `homs` (T-1, 3, 3, frame t px -> t+1 px)
+    chained over the gap must move less than 4x long_static_px before the two long flows are computed
+    (a panning camera is skipped cheaply), and the long flow's own homography less than long_static_px.
+    `tick` is called once per gap pair."""
     gray = [to_gray(f) for f in frames]
     T, k = len(frames), cfg.long_gap
     moved = np.zeros((2,) + frames.shape[:3], bool)  # [0]: towards s + k, [1]: towards s - k
     changed = np.zeros_like(moved)
     for t in range(T - k):
+        if tick is not None:
+            tick()
+        if homs is not None:
+            chained = np.eye(3)
+            for h in homs[t : t + k]:
+                chained = h @ chained
+            if _camera_shift(chained, frames.shape[1:3]) > 4 * cfg.long_static_px:
+                continue
         f, g = dis_flow(gray[t], gray[t + k]), dis_flow(gray[t + k], gray[t])
         for side, s, o, flow, valid in (
             (0, t, t + k, f, consistency(f, g)),
@@ -327,10 +340,12 @@ def _slow_motion(frames: np.ndarray, cfg: MaskConfig, tex: np.ndarray | None) ->
 
 
 def motion_masks(
-    flows: dict[str, np.ndarray], cfg: MaskConfig = MaskConfig(), frames: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+    flows: dict[str, np.ndarray], cfg: MaskConfig = MaskConfig(), frames: np.ndarray | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Automatic foreground masks from the flow of compute_flows (T >= 2); with `frames` (T,H,W,3
-    uint8) the boundaries are refined by colour (refine_boundaries).
+    uint8) the boundaries are refined by colour (refine_boundaries). progress: called with (steps
+    done, steps) as the frames and the later stages are done.
 
     Returns:
         (masks T,H,W bool, camera homographies T-1,3,3 float64: frame t px -> frame t+1 px)
@@ -338,6 +353,15 @@ def motion_masks(
     fwd, bwd = flows["forward"], flows["backward"]
     fval, bval = flows["forward_valid"], flows["backward_valid"]
     n, H, W = fwd.shape[:3]
+    slow = frames is not None and cfg.long_gap > 1 and n >= 2 * cfg.long_gap
+    total, done = (n + 1) + (n + 1 - cfg.long_gap if slow else 0) + 3, 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(min(done, total), total)
+
     homs = np.stack([camera_homography(fwd[t], fval[t], cfg.ransac_px) for t in range(n)])
     raw = np.zeros((n + 1, H, W), bool)
     tex = None
@@ -353,9 +377,11 @@ def motion_masks(
             raw[t] |= _moving(
                 flow, valid, h, cfg.residual_px, cfg.residual_scale, tex[t] if tex is not None else None
             )
+        tick()
     masks = np.stack([clean_mask(m, cfg) for m in raw])
-    if frames is not None and cfg.long_gap > 1 and n >= 2 * cfg.long_gap:
-        masks |= _new_blobs(np.stack([clean_mask(m, cfg) for m in _slow_motion(frames, cfg, tex)]), masks)
+    if slow:
+        found = _slow_motion(frames, cfg, tex, homs, tick)
+        masks |= _new_blobs(np.stack([clean_mask(m, cfg) for m in found]), masks)
     if cfg.vote and n >= 1:
         voted = np.empty_like(masks)
         for t in range(n + 1):
@@ -368,6 +394,7 @@ def motion_masks(
         masks = np.stack([clean_mask(m, cfg) for m in voted])
     if cfg.propagate:
         masks = propagate_masks(masks, flows, frames, cfg)
+    tick()
     if frames is not None and cfg.median:
         # the median of what the motion masks leave: where the object stood still, the background
         # behind it comes from the frames it has moved away in, not from the object itself
@@ -376,8 +403,10 @@ def motion_masks(
             masks = masks | np.stack([clean_mask(m, cfg) for m in res_masks])
             if cfg.propagate:  # what the median found where the object moved, carried to where it stood
                 masks = propagate_masks(masks, flows, frames, cfg)
+    tick()
     if frames is not None and cfg.band_px > 0:
         masks = refine_boundaries(frames, masks, flows, homs, cfg)
+    tick()
     return masks, homs
 
 

@@ -374,7 +374,9 @@ class AtlasRun:
                     yield Note(f"the masks in {cfg.masks} are all empty: fitting one background layer")
                     fg_masks = None
             else:
-                fg_masks, _ = motion_masks(flows, frames=frames)
+                fg_masks, _ = motion_masks(
+                    flows, frames=frames, progress=lambda d, t: self._tick("masks", d, t)
+                )
                 self.mask_source = "automatic"
                 if fg_masks.mean() < 1e-3:
                     yield Note(
