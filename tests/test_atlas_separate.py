@@ -162,9 +162,33 @@ def test_object_standing_still_before_it_moves_is_masked_in_every_frame():
     assert found > 0.8
     assert (masks & ~truth).sum() / masks.sum() < 0.2  # carried onto the object, not around it
     # what this guards against: without carrying the masks, motion finds the object only once it moves
-    # (and the median of a clip it stands still in most of the time is the object itself)
+    # (and the median of the part of the clip it stands still in is the object itself: 33% found)
     old, _ = motion_masks(flows, MaskConfig(propagate=False), frames=frames)
-    assert (old[still] & truth[still]).sum() / truth[still].sum() < 0.3
+    assert (old[still] & truth[still]).sum() / truth[still].sum() < 0.5
+
+
+def test_median_background_is_not_an_object_that_stood_still_most_of_the_clip():
+    """The cup's forearm: held still for 2/3 of the window, then swung away. The whole window's median
+    there is the forearm; the medians of the window's thirds disagree there, and the one that looks
+    like the wall around it (the last third's) is the background."""
+    from t2l.atlas.separate import SeparationConfig, median_background
+
+    T, H, W = 21, 54, 96
+    rng = np.random.default_rng(0)
+    wall = 120 + 40 * np.linspace(0, 1, W)[None, :, None] + rng.normal(0, 3, (H, W, 1))
+    frames = np.repeat(wall[None], T, 0) + rng.normal(0, 1.5, (T, H, W, 3))
+    frames[:14, 20:40, 10:34] = (200, 150, 120)  # standing still, then gone to the right
+    frames[14:, 20:40, 60:84] = (200, 150, 120)
+    frames = np.clip(frames, 0, 255).astype(np.uint8)
+    homs = np.repeat(np.eye(3)[None], T - 1, 0)
+    med, _ = median_background(frames, homs)
+    rest = (slice(20, 40), slice(10, 34))
+    assert np.abs(med[rest] - wall[rest]).max(-1).mean() < 8
+    assert np.abs(med[20:40, 60:84] - wall[20:40, 60:84]).max(-1).mean() < 8  # where it went: wall too
+    assert np.abs(med[5:15] - wall[5:15]).max() < 8  # and the wall that never changed is the median
+    # what this guards against: one median over the window keeps the object where it stood
+    med, _ = median_background(frames, homs, SeparationConfig(windows=1))
+    assert np.abs(med[rest] - wall[rest]).max(-1).mean() > 40
 
 
 def test_carried_masks_leave_no_trail_behind_a_moving_object():

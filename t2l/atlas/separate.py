@@ -19,6 +19,7 @@ frame, re-running grabCut around each carried mask so it follows shape changes.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import cv2
@@ -37,6 +38,12 @@ class SeparationConfig:
     # structure-tensor min eigenvalue (cv2.cornerMinEigenVal, 7x7, its normalised units) below which flow
     # is ignored: sensor noise of std 2 grey levels gives ~5e-5, real texture 1e-3 (median of a frame)
     texture: float = 3e-4
+    # the median is also taken over this many consecutive parts of the frames (1: not): where they
+    # disagree, the part whose median looks like the surroundings (a Gaussian fill of this sigma, frame
+    # px) is the background (an object that stood still most of the clip before it moved is not)
+    windows: int = 3
+    fill_sigma_px: float = 12.0
+    windows_agree: float = 0.7  # ... used only when the parts agree on this share of the texels at least
 
 
 def textured(frame: np.ndarray, cfg: SeparationConfig = SeparationConfig()) -> np.ndarray:
@@ -86,12 +93,41 @@ def median_background(
         cover = cv2.warpPerspective(keep, to_ref[t], (Wa, Ha), flags=cv2.INTER_NEAREST)
         stack[k][cover > 0] = warped[cover > 0]
     with np.errstate(all="ignore"):
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN texels: never covered
             med = np.nanmedian(stack, axis=0)
-    return np.nan_to_num(med, nan=0.0), to_ref
+            parts = [np.nanmedian(p, axis=0) for p in np.array_split(stack, cfg.windows) if len(p)]
+    med = np.nan_to_num(med, nan=0.0)
+    if len(parts) > 1:
+        med = _pick_background(med, parts, cfg)
+    return med, to_ref
+
+
+def _pick_background(med: np.ndarray, parts: list[np.ndarray], cfg: SeparationConfig) -> np.ndarray:
+    """Where the medians of the clip's parts (thirds) disagree, something stood there for a while and
+    then left (or came): of the parts' medians, the background is the one closest to what the pixels
+    around show in every part (a normalised Gaussian fill of the agreeing pixels). A hand held still for
+    2/3 of the clip is the whole clip's median; the wall it uncovers later is what the wall around it
+    looks like. med: Ha, Wa, 3 float32; parts: the same with NaN where a part never saw the texel (a
+    moving camera). Returns Ha, Wa, 3 float32."""
+    stack = np.stack(parts)  # K, Ha, Wa, 3
+    seen = ~np.isnan(stack[..., 0])  # K, Ha, Wa
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # texels no part saw
+        spread = np.nan_to_num((np.nanmax(stack, 0) - np.nanmin(stack, 0)).max(-1), nan=0.0)
+    covered = seen.any(0)
+    # a texel some part never saw uncovered (an object masked there all that part) is judged too
+    agree = ((spread <= cfg.residual) & seen.all(0)).astype(np.float32)
+    share = agree.sum() / max(seen.all(0).sum(), 1)  # of the texels every part saw
+    if share > 0.999 or share < cfg.windows_agree:  # nothing stood anywhere for a while; or the parts
+        return med  # disagree on much of the view: a moving camera's parallax (city: 46% agree), not objects
+    sigma = cfg.fill_sigma_px
+    num = cv2.GaussianBlur(med * agree[..., None], (0, 0), sigma)
+    den = cv2.GaussianBlur(agree, (0, 0), sigma)[..., None]
+    fill = num / np.maximum(den, 1e-3)
+    dist = np.where(seen, np.abs(np.nan_to_num(stack) - fill[None]).max(-1), np.inf)  # K, Ha, Wa
+    best = np.take_along_axis(np.nan_to_num(stack), dist.argmin(0)[None, ..., None], 0)[0]
+    return np.where(((agree > 0) | ~covered)[..., None], med, best).astype(np.float32)
 
 
 def residual_masks(
