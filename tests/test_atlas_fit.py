@@ -118,12 +118,12 @@ def test_interrupted_then_resumed_fit_equals_the_uninterrupted_one(clip, tmp_pat
 
 
 def test_texture_holes_are_filled_from_neighbours():
-    from t2l.atlas.init import _fill
+    from t2l.atlas.init import fill_holes
 
     acc = np.zeros((3, 40, 60), np.float32)
     w = np.zeros((40, 60), np.float32)
     w[:, :30], acc[:, :, :30] = 1.0, 0.25  # left half seen (colour 0.25), right half never
-    out = _fill(acc, w, np.full(3, 0.5))
+    out = fill_holes(acc, w, np.full(3, 0.5))
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, 0.25, atol=1e-5)
 

@@ -137,7 +137,7 @@ def _splat(uv: np.ndarray, values: np.ndarray, weights: np.ndarray, size: tuple[
                 acc[c] += np.bincount(idx, values[ok, c] * w[ok], minlength=Ha * Wa)
 
 
-def _fill(acc: np.ndarray, wacc: np.ndarray, default: np.ndarray) -> np.ndarray:
+def fill_holes(acc: np.ndarray, wacc: np.ndarray, default: np.ndarray) -> np.ndarray:
     """Average splatted values (C, Ha, Wa) and fill empty texels from ever coarser levels (push-pull)."""
     C, Ha, Wa = acc.shape
     out = np.where(wacc > 1e-3, acc / np.maximum(wacc, 1e-6), np.nan)
@@ -238,12 +238,12 @@ class TextureSplat:
             acc = acc.reshape(-1, Ha, Wa).astype(np.float32)
             wacc = wacc.reshape(Ha, Wa).astype(np.float32)
             if name == "bg":
-                filled = _fill(acc, wacc, np.full(3, 0.5))
+                filled = fill_holes(acc, wacc, np.full(3, 0.5))
                 tex.copy_(torch.from_numpy(filled).float().to(tex.device)[None])
                 known[name] = wacc > 1e-3
             else:
                 cover = acc[3] / np.maximum(wacc, 1e-6)  # fraction of masked pixels per texel
-                rgb = _fill(acc[:3], acc[3].copy(), np.full(3, 0.5))
+                rgb = fill_holes(acc[:3], acc[3].copy(), np.full(3, 0.5))
                 c = np.clip(cover, 0.003, 0.997)
                 logit = np.log(c / (1 - c))
                 logit[wacc <= 1e-3] = -6.0

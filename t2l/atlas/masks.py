@@ -360,7 +360,7 @@ def motion_masks(
         nonlocal done
         done += 1
         if progress is not None:
-            progress(min(done, total), total)
+            progress(done, total)
 
     homs = np.stack([camera_homography(fwd[t], fval[t], cfg.ransac_px) for t in range(n)])
     raw = np.zeros((n + 1, H, W), bool)

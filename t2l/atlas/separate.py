@@ -6,7 +6,8 @@ moving or briefly still object has almost no flow of its own. Two more cues, bot
 
 - **Median background.** The frames are aligned on the camera motion (chained RANSAC homographies)
   and the per-pixel temporal median of the aligned frames is the background wherever the object
-  uncovers it at least half of the time. A pixel that differs from it (after the frame's exposure
+  uncovers it at least half of the time. Where the medians of the clip's thirds disagree (an object
+  stood there for a third or more, then left), the third whose median looks like its surroundings is. A pixel that differs from it (after the frame's exposure
   gain, and with a few pixels of slack for registration error: the "envelope" of a 5x5 min/max) is
   foreground. Plain walls match the median, so they never fire.
 - **Texture gate.** Flow residuals only count where the image has structure (smallest eigenvalue of
@@ -39,10 +40,9 @@ class SeparationConfig:
     # is ignored: sensor noise of std 2 grey levels gives ~5e-5, real texture 1e-3 (median of a frame)
     texture: float = 3e-4
     # the median is also taken over this many consecutive parts of the frames (1: not): where they
-    # disagree, the part whose median looks like the surroundings (a Gaussian fill of this sigma, frame
-    # px) is the background (an object that stood still most of the clip before it moved is not)
+    # disagree, the part whose median looks like the surroundings (a fill from the texels where they
+    # agree) is the background (an object that stood still most of the clip before it moved is not)
     windows: int = 3
-    fill_sigma_px: float = 12.0
     windows_agree: float = 0.7  # ... used only when the parts agree on this share of the texels at least
 
 
@@ -96,7 +96,7 @@ def median_background(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN texels: never covered
             med = np.nanmedian(stack, axis=0)
-            parts = [np.nanmedian(p, axis=0) for p in np.array_split(stack, cfg.windows) if len(p)]
+            parts = [np.nanmedian(p, axis=0) for p in np.array_split(stack, max(cfg.windows, 1)) if len(p)]
     med = np.nan_to_num(med, nan=0.0)
     if len(parts) > 1:
         med = _pick_background(med, parts, cfg)
@@ -106,7 +106,8 @@ def median_background(
 def _pick_background(med: np.ndarray, parts: list[np.ndarray], cfg: SeparationConfig) -> np.ndarray:
     """Where the medians of the clip's parts (thirds) disagree, something stood there for a while and
     then left (or came): of the parts' medians, the background is the one closest to what the pixels
-    around show in every part (a normalised Gaussian fill of the agreeing pixels). A hand held still for
+    around show in every part (the agreeing texels' average, from ever coarser levels: a push-pull
+    fill, so a large region is filled from its surroundings too). A hand held still for
     2/3 of the clip is the whole clip's median; the wall it uncovers later is what the wall around it
     looks like. med: Ha, Wa, 3 float32; parts: the same with NaN where a part never saw the texel (a
     moving camera). Returns Ha, Wa, 3 float32."""
@@ -119,12 +120,11 @@ def _pick_background(med: np.ndarray, parts: list[np.ndarray], cfg: SeparationCo
     # a texel some part never saw uncovered (an object masked there all that part) is judged too
     agree = ((spread <= cfg.residual) & seen.all(0)).astype(np.float32)
     share = agree.sum() / max(seen.all(0).sum(), 1)  # of the texels every part saw
-    if share > 0.999 or share < cfg.windows_agree:  # nothing stood anywhere for a while; or the parts
-        return med  # disagree on much of the view: a moving camera's parallax (city: 46% agree), not objects
-    sigma = cfg.fill_sigma_px
-    num = cv2.GaussianBlur(med * agree[..., None], (0, 0), sigma)
-    den = cv2.GaussianBlur(agree, (0, 0), sigma)[..., None]
-    fill = num / np.maximum(den, 1e-3)
+    if not (covered & (agree == 0)).any() or share < cfg.windows_agree:  # nothing stood anywhere for
+        return med  # a while; or the parts disagree on much of the view: a moving camera's parallax
+    from t2l.atlas.init import fill_holes  # init imports masks, which imports this module
+
+    fill = fill_holes((med * agree[..., None]).transpose(2, 0, 1), agree, med.mean((0, 1))).transpose(1, 2, 0)
     dist = np.where(seen, np.abs(np.nan_to_num(stack) - fill[None]).max(-1), np.inf)  # K, Ha, Wa
     best = np.take_along_axis(np.nan_to_num(stack), dist.argmin(0)[None, ..., None], 0)[0]
     return np.where(((agree > 0) | ~covered)[..., None], med, best).astype(np.float32)
