@@ -253,13 +253,15 @@ def test_slow_motion_cue_skips_a_panning_camera(monkeypatch):
     kw = dict(frames=20, height=54, width=96, seed=5, pan=(1.5, 0.0), wobble=0.0, speed=(0.4, 0.0))
     clip = make_clip(SyntheticConfig(**kw))
     flows = compute_flows(clip.frames)
-    _, homs = motion_masks(flows, frames=clip.frames)
+    _, homs = motion_masks(flows, MaskConfig(long_gap=0), frames=clip.frames)
     cfg = MaskConfig()
     calls = []
     real = mk.dis_flow
     monkeypatch.setattr(mk, "dis_flow", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert not mk._slow_motion(clip.frames, cfg, None, homs).any()
     assert calls == []  # the chained camera motion decided it, no long flow was computed
+    motion_masks(flows, frames=clip.frames)
+    assert calls == []  # and motion_masks hands its homographies on
     # the flows' own homography is the second gate (when no chain is given); without either the cue
     # fires on the panning clip (what the gates guard against)
     assert not mk._slow_motion(clip.frames, cfg, None).any()
