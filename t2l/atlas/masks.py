@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import reduce
 from pathlib import Path
 
 import cv2
@@ -318,11 +319,9 @@ def _slow_motion(frames: np.ndarray, cfg: MaskConfig, tex: np.ndarray | None, ho
     for t in range(T - k):
         if tick is not None:
             tick()
-        if homs is not None:
-            chained = np.eye(3)
-            for h in homs[t : t + k]:
-                chained = h @ chained
-            if _camera_shift(chained, frames.shape[1:3]) > 4 * cfg.long_static_px:
+        if homs is not None:  # frame t px -> frame t + k px: h_{t+k-1} ... h_t
+            gap = reduce(lambda acc, h: h @ acc, homs[t : t + k], np.eye(3))
+            if _camera_shift(gap, frames.shape[1:3]) > 4 * cfg.long_static_px:
                 continue
         f, g = dis_flow(gray[t], gray[t + k]), dis_flow(gray[t + k], gray[t])
         for side, s, o, flow, valid in (

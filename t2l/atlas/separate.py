@@ -7,9 +7,10 @@ moving or briefly still object has almost no flow of its own. Two more cues, bot
 - **Median background.** The frames are aligned on the camera motion (chained RANSAC homographies)
   and the per-pixel temporal median of the aligned frames is the background wherever the object
   uncovers it at least half of the time. Where the medians of the clip's thirds disagree (an object
-  stood there for a third or more, then left), the third whose median looks like its surroundings is. A pixel that differs from it (after the frame's exposure
-  gain, and with a few pixels of slack for registration error: the "envelope" of a 5x5 min/max) is
-  foreground. Plain walls match the median, so they never fire.
+  stood there for a third or more, then left), the third whose median looks like its surroundings
+  is. A pixel that differs from it (after the frame's exposure gain, and with a few pixels of slack
+  for registration error: the "envelope" of a 5x5 min/max) is foreground. Plain walls match the
+  median, so they never fire.
 - **Texture gate.** Flow residuals only count where the image has structure (smallest eigenvalue of
   the structure tensor), i.e. where flow can be trusted at all.
 
@@ -96,7 +97,8 @@ def median_background(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN texels: never covered
             med = np.nanmedian(stack, axis=0)
-            parts = [np.nanmedian(p, axis=0) for p in np.array_split(stack, max(cfg.windows, 1)) if len(p)]
+            split = np.array_split(stack, cfg.windows) if cfg.windows > 1 else []
+            parts = [np.nanmedian(p, axis=0) for p in split if len(p)]
     med = np.nan_to_num(med, nan=0.0)
     if len(parts) > 1:
         med = _pick_background(med, parts, cfg)
@@ -113,21 +115,23 @@ def _pick_background(med: np.ndarray, parts: list[np.ndarray], cfg: SeparationCo
     moving camera). Returns Ha, Wa, 3 float32."""
     stack = np.stack(parts)  # K, Ha, Wa, 3
     seen = ~np.isnan(stack[..., 0])  # K, Ha, Wa
+    every = seen.all(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # texels no part saw
         spread = np.nan_to_num((np.nanmax(stack, 0) - np.nanmin(stack, 0)).max(-1), nan=0.0)
-    covered = seen.any(0)
     # a texel some part never saw uncovered (an object masked there all that part) is judged too
-    agree = ((spread <= cfg.residual) & seen.all(0)).astype(np.float32)
-    share = agree.sum() / max(seen.all(0).sum(), 1)  # of the texels every part saw
-    if not (covered & (agree == 0)).any() or share < cfg.windows_agree:  # nothing stood anywhere for
-        return med  # a while; or the parts disagree on much of the view: a moving camera's parallax
+    agree = (spread <= cfg.residual) & every
+    share = agree.sum() / max(every.sum(), 1)  # of the texels every part saw
+    if not (seen.any(0) & ~agree).any() or share < cfg.windows_agree:  # nothing stood anywhere for a
+        return med  # while; or the parts disagree on much of the view: a moving camera's parallax
     from t2l.atlas.init import fill_holes  # init imports masks, which imports this module
 
-    fill = fill_holes((med * agree[..., None]).transpose(2, 0, 1), agree, med.mean((0, 1))).transpose(1, 2, 0)
-    dist = np.where(seen, np.abs(np.nan_to_num(stack) - fill[None]).max(-1), np.inf)  # K, Ha, Wa
-    best = np.take_along_axis(np.nan_to_num(stack), dist.argmin(0)[None, ..., None], 0)[0]
-    return np.where(((agree > 0) | ~covered)[..., None], med, best).astype(np.float32)
+    w = agree.astype(np.float32)
+    fill = fill_holes((med * w[..., None]).transpose(2, 0, 1), w, med.mean((0, 1))).transpose(1, 2, 0)
+    values = np.nan_to_num(stack)
+    dist = np.where(seen, np.abs(values - fill[None]).max(-1), np.inf)  # K, Ha, Wa
+    best = np.take_along_axis(values, dist.argmin(0)[None, ..., None], 0)[0]  # no part saw it: 0, as med
+    return np.where(agree[..., None], med, best).astype(np.float32)
 
 
 def residual_masks(
