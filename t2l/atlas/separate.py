@@ -15,8 +15,9 @@ moving or briefly still object has almost no flow of its own. Two more cues, bot
   the structure tensor), i.e. where flow can be trusted at all.
 
 And a hint when automatic separation fails: `box_masks` takes a box on one frame, refines it with
-OpenCV's grabCut (colour models of inside and outside) and carries it along the flow to every other
-frame, re-running grabCut around each carried mask so it follows shape changes.
+OpenCV's grabCut (colour models of inside and outside; what moves against the camera inside the box
+is certain foreground) and carries it along the flow to every other frame, re-running grabCut
+around each carried mask so it follows shape changes (never keeping much less than it carried).
 """
 
 from __future__ import annotations
@@ -185,9 +186,30 @@ def _warp_along(mask: np.ndarray, flow_back: np.ndarray) -> np.ndarray:
                      borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)  # fmt: skip
 
 
+def _moving_in_box(frames: np.ndarray, flows: dict[str, np.ndarray], box: tuple[int, int, int, int],
+                   frame: int) -> np.ndarray:  # fmt: skip
+    """Pixels of `box` on frame `frame` whose flow to the next and previous frames disagrees with the
+    camera's (textured pixels only, as the motion masks judge them): H, W bool."""
+    from t2l.atlas.masks import MaskConfig, _moving, camera_homography  # masks imports this module
+
+    cfg = MaskConfig()
+    T, H, W = frames.shape[:3]
+    tex = textured(frames[frame])
+    moving = np.zeros((H, W), bool)
+    pairs = ([("forward", frame)] if frame < T - 1 else []) + ([("backward", frame - 1)] if frame > 0 else [])
+    for way, t in pairs:
+        flow, valid = flows[way][t], flows[f"{way}_valid"][t]
+        h = camera_homography(flow, valid, cfg.ransac_px)
+        moving |= _moving(flow, valid, h, cfg.residual_px, cfg.residual_scale, tex)
+    x0, y0, x1, y1 = box
+    inside = np.zeros((H, W), bool)
+    inside[y0:y1, x0:x1] = True
+    return cv2.morphologyEx((moving & inside).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+
+
 def box_masks(
     frames: np.ndarray, flows: dict[str, np.ndarray], box: tuple[int, int, int, int], frame: int = 0,
-    band_px: int = 6, min_keep: float = 0.15,
+    band_px: int = 6, min_keep: float = 0.15, seeds: float = 0.05, keep_carried: float = 0.8,
 ) -> np.ndarray:  # fmt: skip
     """Masks of the object inside `box` on frame `frame`, for every frame.
 
@@ -195,7 +217,13 @@ def box_masks(
         frames: T, H, W, 3 uint8 RGB. flows: compute_flows output. box: (x0, y0, x1, y1) frame px at
             working resolution, x1/y1 exclusive. band_px: the band around a carried mask that grabCut
             may re-decide in the next frame. min_keep: if grabCut keeps less than this share of the
-            box on the first frame, the box itself is the first mask.
+            box on the first frame, the box itself is the first mask. seeds: when at least this share
+            of the box moves against the camera on that frame, those pixels are certain foreground for
+            grabCut (a box holds the object and whatever is behind it: a grey character before a dark
+            burrow, grey rocks outside the box, and grabCut alone takes the burrow). keep_carried: a
+            frame's grabCut that keeps less than this share of the mask carried from the frame before
+            is joined with the carried mask (a cut that keeps only the certain core shrinks the mask
+            by the band every frame, until it is gone).
     Returns:
         T, H, W bool.
     """
@@ -203,6 +231,9 @@ def box_masks(
     x0, y0, x1, y1 = box
     init = np.full((H, W), cv2.GC_BGD, np.uint8)
     init[y0:y1, x0:x1] = cv2.GC_PR_FGD
+    moving = _moving_in_box(frames, flows, box, frame)
+    if moving.sum() >= seeds * (x1 - x0) * (y1 - y0):
+        init[moving] = cv2.GC_FGD
     out = np.zeros((T, H, W), bool)
     out[frame] = _grabcut(frames[frame], init, iters=5)
     if out[frame].sum() < min_keep * (x1 - x0) * (y1 - y0):  # grabCut lost the object (e.g. dark on
@@ -218,7 +249,8 @@ def box_masks(
         lab[cv2.dilate(m, k) > 0] = cv2.GC_PR_BGD
         lab[m > 0] = cv2.GC_PR_FGD
         lab[cv2.erode(m, k) > 0] = cv2.GC_FGD
-        return _grabcut(frames[t], lab, iters=2)
+        cut = _grabcut(frames[t], lab, iters=2)
+        return cut | carried if (cut & carried).sum() < keep_carried * carried.sum() else cut
 
     for t in range(frame + 1, T):  # forward: frame t-1 -> t along the backward flow of pair t-1
         out[t] = refine(t, _warp_along(out[t - 1], flows["backward"][t - 1]))
