@@ -117,3 +117,19 @@ def test_black_and_fading_frames_reconstruct_dark():
     assert res.reconstruction[0].max() <= 3  # black stays black (no atlas content painted onto it)
     assert res.gain[0].max() < 0.02 and abs(res.gain[2].mean() - 0.6) < 0.1
     assert min(res.psnr[1:]) > 28  # the fading frames do not pull the atlas dark either
+
+
+def test_low_psnr_warning_names_the_box_unless_one_was_given(monkeypatch):
+    """A few poor frames are mostly an object the background kept (bigbuckbunny's ghost): the fix names
+    --fg-box; after --fg-box it does not ask for a box again."""
+    import t2l.cli.atlas as cli_atlas
+
+    lines = []
+    monkeypatch.setattr(cli_atlas, "info", lines.append)
+    rep = quality_report([40.0] * 7 + [22.0], np.zeros((8, 20, 30), np.float32), None)
+    low = [w for w in rep["warnings"] if w["code"] == "low_psnr"]
+    assert low
+    cli_atlas._print_report(rep, low)
+    assert "--fg-box x0,y0,x1,y1" in lines[-1] and "--max-frames" in lines[-1]
+    cli_atlas._print_report(rep, low, box=True)
+    assert "--fg-box" not in lines[-1] and "--max-frames" in lines[-1]

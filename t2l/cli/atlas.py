@@ -26,12 +26,17 @@ from t2l.errors import InputError, Interrupted, UsageError
 
 # what to do about each quality-report warning (t2l/atlas/report.py), in this command's terms
 _FIXES = {
-    "low_psnr": "fit a shorter window (--max-frames), more --steps, or give --masks DIR for what moves",
+    # a ghost in a few frames is mostly an object the background layer kept (bigbuckbunny's character:
+    # automatic masks miss what never leaves; a box around it separates it, docs/benchmarks.md)
+    "low_psnr": "if an object shows twice there, mark it: --fg-box x0,y0,x1,y1 on the first frame, or "
+    "--masks DIR; else fit a shorter window (--max-frames) or more --steps",
     "empty_fg": "mark the object: --fg-box x0,y0,x1,y1 on the first frame, or --masks DIR",
     "sparse_fg": "mark the object: --fg-box x0,y0,x1,y1 on the first frame, or --masks DIR",
     "masks_disagree": "look at masks/ and alpha/ in the atlas folder; give --masks DIR if the masks are wrong",
     "truncated": "re-download or re-export the file to fit the missing frames",
 }
+# ... after --fg-box the object is already marked
+_FIXES_BOX = {**_FIXES, "low_psnr": "fit a shorter window (--max-frames), more --steps, or give --masks DIR"}
 _BOX_LOST = ("the object in --fg-box was lost: give a tighter box on a frame where it stands out "
              "(--start there), or --masks DIR")  # fmt: skip
 
@@ -256,5 +261,9 @@ def _print_report(q: dict, warnings: list[dict], box: bool = False) -> None:
         parts.append(f"exposure gain {q['gain_range'][0]:.2f}-{q['gain_range'][1]:.2f}")
     info("quality: " + "; ".join(parts))
     for w in warnings:
-        fix = _BOX_LOST if box and w["code"] in ("empty_fg", "sparse_fg") else _FIXES.get(w["code"])
+        fix = (
+            _BOX_LOST
+            if box and w["code"] in ("empty_fg", "sparse_fg")
+            else (_FIXES_BOX if box else _FIXES).get(w["code"])
+        )
         info(f"warning: {w['message']}" + (f"; {fix}" if fix else ""))
