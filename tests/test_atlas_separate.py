@@ -376,18 +376,46 @@ def test_box_seeds_what_moves_inside_it(monkeypatch):
 
 
 def test_box_masks_do_not_shrink_away(monkeypatch):
-    """On bigbuckbunny each frame's grabCut kept only the certain core of the carried mask (its colours
-    are the background's), so the mask lost the band every frame and was gone by frame 13. A cut that
-    keeps too little of the carried mask is joined with it."""
+    """A frame's grabCut that keeps only the certain core of the carried mask (the object's colours are
+    the background's) shrinks the mask by the band; a few such frames in a row and it is gone for good
+    (bigbuckbunny before the seeds: empty from frame 13). A cut that keeps too little of the carried
+    mask is joined with it, for a few frames in a row."""
     import t2l.atlas.separate as sep
 
     frames, masks, _ = _object_before_a_hole()
-    monkeypatch.setattr(
-        sep, "_grabcut", lambda f, init, iters=3: init == cv2.GC_FGD if iters == 2 else init > 0
-    )
+    calls = []
+
+    def cut(f, init, iters=3):
+        calls.append(iters)
+        if iters == 2 and 2 <= len(calls) - 1 <= 4:  # frames 2-4: only the core
+            return init == cv2.GC_FGD
+        return (init == cv2.GC_FGD) | (init == cv2.GC_PR_FGD)
+
+    monkeypatch.setattr(sep, "_grabcut", cut)
     box = (42, 21, 72, 51)
     flows = compute_flows(frames)
     kept = box_masks(frames, flows, box)
     assert ((kept & masks).sum((1, 2)) / masks.sum((1, 2)) > 0.9).all()
+    calls.clear()
     lost = box_masks(frames, flows, box, keep_carried=0.0)  # without the join: what broke
     assert (lost[-1] & masks[-1]).sum() < 0.2 * masks[-1].sum()
+
+
+def test_box_masks_let_a_vanished_object_go(monkeypatch):
+    """The join is for a few frames of a bad cut only: an object that leaves the scene (here: the cut
+    keeps nothing after frame 3) ends with an empty mask, not its last mask kept forever."""
+    import t2l.atlas.separate as sep
+
+    frames, masks, _ = _object_before_a_hole(T=12)
+    calls = []
+
+    def cut(f, init, iters=3):
+        calls.append(iters)
+        if iters == 2 and len(calls) > 4:
+            return np.zeros(init.shape, bool)  # the object is gone: grabCut keeps nothing
+        return (init == cv2.GC_FGD) | (init == cv2.GC_PR_FGD)
+
+    monkeypatch.setattr(sep, "_grabcut", cut)
+    got = box_masks(frames, compute_flows(frames), (42, 21, 72, 51))
+    assert got[4].any() and got[6].any()  # joined for a few frames ...
+    assert not got[-4:].any()  # ... then let go

@@ -210,6 +210,7 @@ def _moving_in_box(frames: np.ndarray, flows: dict[str, np.ndarray], box: tuple[
 def box_masks(
     frames: np.ndarray, flows: dict[str, np.ndarray], box: tuple[int, int, int, int], frame: int = 0,
     band_px: int = 6, min_keep: float = 0.15, seeds: float = 0.05, keep_carried: float = 0.8,
+    max_joined: int = 3,
 ) -> np.ndarray:  # fmt: skip
     """Masks of the object inside `box` on frame `frame`, for every frame.
 
@@ -223,7 +224,8 @@ def box_masks(
             burrow, grey rocks outside the box, and grabCut alone takes the burrow). keep_carried: a
             frame's grabCut that keeps less than this share of the mask carried from the frame before
             is joined with the carried mask (a cut that keeps only the certain core shrinks the mask
-            by the band every frame, until it is gone).
+            by the band every frame, until it is gone), for at most `max_joined` frames in a row (then
+            the cut stands: an object that left or is hidden is not kept forever).
     Returns:
         T, H, W bool.
     """
@@ -250,10 +252,16 @@ def box_masks(
         lab[m > 0] = cv2.GC_PR_FGD
         lab[cv2.erode(m, k) > 0] = cv2.GC_FGD
         cut = _grabcut(frames[t], lab, iters=2)
-        return cut | carried if (cut & carried).sum() < keep_carried * carried.sum() else cut
+        if (cut & carried).sum() >= keep_carried * carried.sum():
+            joined[0] = 0
+            return cut
+        joined[0] += 1  # a few frames in a row only: an object that leaves or is hidden is let go
+        return cut | carried if joined[0] <= max_joined else cut
 
+    joined = [0]
     for t in range(frame + 1, T):  # forward: frame t-1 -> t along the backward flow of pair t-1
         out[t] = refine(t, _warp_along(out[t - 1], flows["backward"][t - 1]))
+    joined = [0]
     for t in range(frame - 1, -1, -1):  # backward: frame t+1 -> t along the forward flow of pair t
         out[t] = refine(t, _warp_along(out[t + 1], flows["forward"][t]))
     return out

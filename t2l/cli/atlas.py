@@ -28,8 +28,8 @@ from t2l.errors import InputError, Interrupted, UsageError
 _FIXES = {
     # a ghost in a few frames is mostly an object the background layer kept (bigbuckbunny's character:
     # automatic masks miss what never leaves; a box around it separates it, docs/benchmarks.md)
-    "low_psnr": "if an object shows twice there, mark it: --fg-box x0,y0,x1,y1 on the first frame, or "
-    "--masks DIR; else fit a shorter window (--max-frames) or more --steps",
+    "low_psnr": "if those frames show an object twice (a ghost), mark it: --fg-box x0,y0,x1,y1 on the "
+    "first frame, or --masks DIR; otherwise fit a shorter window (--max-frames) or give more --steps",
     "empty_fg": "mark the object: --fg-box x0,y0,x1,y1 on the first frame, or --masks DIR",
     "sparse_fg": "mark the object: --fg-box x0,y0,x1,y1 on the first frame, or --masks DIR",
     "masks_disagree": "look at masks/ and alpha/ in the atlas folder; give --masks DIR if the masks are wrong",
