@@ -282,6 +282,22 @@ def _moving(flow: np.ndarray, valid: np.ndarray, h: np.ndarray, floor_px: float,
     return (res > thr) & valid & (tex if tex is not None else True)
 
 
+def moving_in_frame(flows: dict[str, np.ndarray], t: int, cfg: MaskConfig = MaskConfig(),
+                    tex: np.ndarray | None = None, forward_h: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """Pixels of frame t whose flow to the next frame or from it to the previous one disagrees with
+    the camera's (`_moving`; with `tex`, textured pixels only): H, W bool. forward_h: the camera
+    homography of the forward pair t, when already fitted."""
+    n = len(flows["forward"])
+    out = np.zeros(flows["forward"].shape[1:3], bool)
+    pairs = ([("forward", t, forward_h)] if t < n else []) + ([("backward", t - 1, None)] if t > 0 else [])
+    for way, i, h in pairs:
+        flow, valid = flows[way][i], flows[f"{way}_valid"][i]
+        if h is None:
+            h = camera_homography(flow, valid, cfg.ransac_px)
+        out |= _moving(flow, valid, h, cfg.residual_px, cfg.residual_scale, tex)
+    return out
+
+
 def _camera_shift(h: np.ndarray, shape: tuple[int, int]) -> float:
     """Median displacement (px) of a homography over a 16 px grid of an H, W frame."""
     ys, xs = np.mgrid[0 : shape[0] : 16, 0 : shape[1] : 16].astype(np.float64)
@@ -350,7 +366,7 @@ def motion_masks(
         (masks T,H,W bool, camera homographies T-1,3,3 float64: frame t px -> frame t+1 px)
     """
     fwd, bwd = flows["forward"], flows["backward"]
-    fval, bval = flows["forward_valid"], flows["backward_valid"]
+    fval = flows["forward_valid"]
     n, H, W = fwd.shape[:3]
     slow = frames is not None and cfg.long_gap > 1 and n >= 2 * cfg.long_gap
     total, done = (n + 1) + (n + 1 - cfg.long_gap if slow else 0) + 3, 0
@@ -367,15 +383,9 @@ def motion_masks(
     if frames is not None and cfg.texture_gate:  # flow on a plain wall is noise, not motion
         tex = np.stack([textured(f) for f in frames])
     for t in range(n + 1):
-        pairs = []
-        if t < n:
-            pairs.append((fwd[t], fval[t], homs[t]))
-        if t > 0:
-            pairs.append((bwd[t - 1], bval[t - 1], camera_homography(bwd[t - 1], bval[t - 1], cfg.ransac_px)))
-        for flow, valid, h in pairs:
-            raw[t] |= _moving(
-                flow, valid, h, cfg.residual_px, cfg.residual_scale, tex[t] if tex is not None else None
-            )
+        raw[t] = moving_in_frame(
+            flows, t, cfg, tex[t] if tex is not None else None, homs[t] if t < n else None
+        )
         tick()
     masks = np.stack([clean_mask(m, cfg) for m in raw])
     if slow:

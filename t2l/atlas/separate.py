@@ -186,27 +186,6 @@ def _warp_along(mask: np.ndarray, flow_back: np.ndarray) -> np.ndarray:
                      borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)  # fmt: skip
 
 
-def _moving_in_box(frames: np.ndarray, flows: dict[str, np.ndarray], box: tuple[int, int, int, int],
-                   frame: int) -> np.ndarray:  # fmt: skip
-    """Pixels of `box` on frame `frame` whose flow to the next and previous frames disagrees with the
-    camera's (textured pixels only, as the motion masks judge them): H, W bool."""
-    from t2l.atlas.masks import MaskConfig, _moving, camera_homography  # masks imports this module
-
-    cfg = MaskConfig()
-    T, H, W = frames.shape[:3]
-    tex = textured(frames[frame])
-    moving = np.zeros((H, W), bool)
-    pairs = ([("forward", frame)] if frame < T - 1 else []) + ([("backward", frame - 1)] if frame > 0 else [])
-    for way, t in pairs:
-        flow, valid = flows[way][t], flows[f"{way}_valid"][t]
-        h = camera_homography(flow, valid, cfg.ransac_px)
-        moving |= _moving(flow, valid, h, cfg.residual_px, cfg.residual_scale, tex)
-    x0, y0, x1, y1 = box
-    inside = np.zeros((H, W), bool)
-    inside[y0:y1, x0:x1] = True
-    return cv2.morphologyEx((moving & inside).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
-
-
 def box_masks(
     frames: np.ndarray, flows: dict[str, np.ndarray], box: tuple[int, int, int, int], frame: int = 0,
     band_px: int = 6, min_keep: float = 0.15, seeds: float = 0.05, keep_carried: float = 0.8,
@@ -233,7 +212,11 @@ def box_masks(
     x0, y0, x1, y1 = box
     init = np.full((H, W), cv2.GC_BGD, np.uint8)
     init[y0:y1, x0:x1] = cv2.GC_PR_FGD
-    moving = _moving_in_box(frames, flows, box, frame)
+    from t2l.atlas.masks import moving_in_frame  # masks imports this module
+
+    moving = np.zeros((H, W), bool)  # what moves against the camera inside the box, speckle opened away
+    moving[y0:y1, x0:x1] = moving_in_frame(flows, frame, tex=textured(frames[frame]))[y0:y1, x0:x1]
+    moving = cv2.morphologyEx(moving.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     if moving.sum() >= seeds * (x1 - x0) * (y1 - y0):
         init[moving] = cv2.GC_FGD
     out = np.zeros((T, H, W), bool)
@@ -251,17 +234,17 @@ def box_masks(
         lab[cv2.dilate(m, k) > 0] = cv2.GC_PR_BGD
         lab[m > 0] = cv2.GC_PR_FGD
         lab[cv2.erode(m, k) > 0] = cv2.GC_FGD
-        cut = _grabcut(frames[t], lab, iters=2)
-        if (cut & carried).sum() >= keep_carried * carried.sum():
-            joined[0] = 0
-            return cut
-        joined[0] += 1  # a few frames in a row only: an object that leaves or is hidden is let go
-        return cut | carried if joined[0] <= max_joined else cut
+        return _grabcut(frames[t], lab, iters=2)
 
-    joined = [0]
-    for t in range(frame + 1, T):  # forward: frame t-1 -> t along the backward flow of pair t-1
-        out[t] = refine(t, _warp_along(out[t - 1], flows["backward"][t - 1]))
-    joined = [0]
-    for t in range(frame - 1, -1, -1):  # backward: frame t+1 -> t along the forward flow of pair t
-        out[t] = refine(t, _warp_along(out[t + 1], flows["forward"][t]))
+    # forward: frame t-1 -> t along the backward flow of pair t-1; backward: t+1 -> t along the forward
+    # flow of pair t. A cut keeping too little of the carried mask is joined with it, a few frames in a
+    # row only (an object that leaves or is hidden is let go)
+    for order, step, way in ((range(frame + 1, T), -1, "backward"), (range(frame - 1, -1, -1), 1, "forward")):
+        joined = 0
+        for t in order:
+            carried = _warp_along(out[t + step], flows[way][min(t, t + step)])
+            out[t] = refine(t, carried)
+            joined = joined + 1 if (out[t] & carried).sum() < keep_carried * carried.sum() else 0
+            if 0 < joined <= max_joined:
+                out[t] |= carried
     return out

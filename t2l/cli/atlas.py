@@ -35,10 +35,11 @@ _FIXES = {
     "masks_disagree": "look at masks/ and alpha/ in the atlas folder; give --masks DIR if the masks are wrong",
     "truncated": "re-download or re-export the file to fit the missing frames",
 }
-# ... after --fg-box the object is already marked
-_FIXES_BOX = {**_FIXES, "low_psnr": "fit a shorter window (--max-frames), more --steps, or give --masks DIR"}
 _BOX_LOST = ("the object in --fg-box was lost: give a tighter box on a frame where it stands out "
              "(--start there), or --masks DIR")  # fmt: skip
+# ... after --fg-box the object is already marked
+_FIXES_BOX = {**_FIXES, "empty_fg": _BOX_LOST, "sparse_fg": _BOX_LOST,
+              "low_psnr": "fit a shorter window (--max-frames), more --steps, or give --masks DIR"}  # fmt: skip
 
 
 def _flagged(e: UsageError) -> UsageError:
@@ -261,9 +262,5 @@ def _print_report(q: dict, warnings: list[dict], box: bool = False) -> None:
         parts.append(f"exposure gain {q['gain_range'][0]:.2f}-{q['gain_range'][1]:.2f}")
     info("quality: " + "; ".join(parts))
     for w in warnings:
-        fix = (
-            _BOX_LOST
-            if box and w["code"] in ("empty_fg", "sparse_fg")
-            else (_FIXES_BOX if box else _FIXES).get(w["code"])
-        )
+        fix = (_FIXES_BOX if box else _FIXES).get(w["code"])
         info(f"warning: {w['message']}" + (f"; {fix}" if fix else ""))
