@@ -50,6 +50,8 @@ CASES = {
     "box": ("box.mp4", 0, True, None),  # 640x480, a hand holding a box, moving slowly
     "walkers": ("vtest.avi", 0, True, None),  # 768x576, pedestrians on a square, static camera
     "tree": ("tree.avi", 0, True, None),  # 320x240, a tree in wind; 444 header frames, fewer decode
+    # the same with a box around the hand on frame 60, where it is in view (it enters at ~50)
+    "tree-box": ("tree.avi", 0, True, None, ["--fg-box", "95,0,320,165", "--fg-box-frame", "60"]),
     "megamind": ("Megamind.avi", 0, False, 0),  # 720x528 animation, fade from black, cut: default window
 }
 OPENCV = {"cup.mp4": "opencv4/html/cup.mp4.gz", "box.mp4": "opencv4/html/box.mp4.gz",

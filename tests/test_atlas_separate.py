@@ -419,3 +419,65 @@ def test_box_masks_let_a_vanished_object_go(monkeypatch):
     got = box_masks(frames, compute_flows(frames), (42, 21, 72, 51))
     assert got[4].any() and got[6].any()  # joined for a few frames ...
     assert not got[-4:].any()  # ... then let go
+
+
+def test_box_on_a_later_frame_is_carried_both_ways():
+    """A box drawn on a middle frame (--fg-box-frame) is carried forward along the backward flows and
+    back to frame 0 along the forward flows. The object moves 5 px/frame: carried along the wrong
+    flows, the mask ends up where the object is not (measured: IoU 0.00 on frame 0, 0.18 on the last)."""
+    clip = make_clip(SyntheticConfig(frames=12, height=72, width=128, seed=2, pan=(0.0, 0.0), speed=(5.0, 0.0),
+                                     wobble=0.0))  # fmt: skip
+    ys, xs = np.nonzero(clip.masks[6])
+    box = (xs.min() - 4, ys.min() - 4, xs.max() + 5, ys.max() + 5)
+    masks = box_masks(clip.frames, compute_flows(clip.frames), box, frame=6)
+    iou = [(masks[t] & clip.masks[t]).sum() / (masks[t] | clip.masks[t]).sum() for t in range(12)]
+    assert min(iou) > 0.45 and iou[0] > 0.8 and iou[-1] > 0.6  # measured: 0.55 (frames 3, 9), 0.99, 0.81
+
+
+def _frames_dir(frames: np.ndarray, d) -> None:
+    d.mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(d / f"{i:03d}.png")
+
+
+def test_fg_box_frame_marks_an_object_that_enters_late(tmp_path):
+    """The tree clip's hand: it is not in the first frame, so a box there cannot mark it; drawn on a
+    frame where it is in view it lands in the foreground of the frames that show it, and the frames
+    before it came stay transparent."""
+    k = 13
+    frames, truth, _, _ = _late_object(k=k)
+    _frames_dir(frames, tmp_path / "in")
+    ys, xs = np.nonzero(truth[16])
+    box = f"{xs.min() - 4},{ys.min() - 4},{xs.max() + 5},{ys.max() + 5}"
+    out = tmp_path / "a"
+    r = runner.invoke(app, ["atlas", str(tmp_path / "in"), "-o", str(out), "--fg-box", box, "--fg-box-frame", "16",
+                            "--steps", "120", "--seed", "0"])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    run = json.loads((out / "atlas.json").read_text())["meta"]["run"]
+    assert run["mask_source"] == "box" and run["fg_box_frame"] == 16
+    alpha = np.load(out / "alpha.npy") > 0.5
+    assert (alpha[k:] & truth[k:]).sum() / truth[k:].sum() > 0.8
+    assert alpha[: k - 2].mean() < 0.01  # (the two frames before it came may hold the carried mask)
+
+
+def test_fg_box_frame_errors(still_object, tmp_path):
+    d, _ = still_object  # 6 frames, 96 x 54
+
+    def fails(*args: str) -> str:
+        r = runner.invoke(app, ["atlas", str(d), "-o", str(tmp_path / "a"), *args])
+        assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
+        assert not (tmp_path / "a").exists()  # nothing written
+        return r.stderr.splitlines()[-1]
+
+    assert fails("--fg-box-frame", "2").startswith("error: --fg-box-frame 2 is given without a box")
+    err = fails("--fg-box", "10,10,40,40", "--fg-box-frame", "3", "--stride", "2")
+    assert (
+        err.startswith("error: --fg-box-frame 3 is not a fitted frame (frames 0-4, stride 2)")
+        and "e.g. 2" in err
+    )
+    assert fails("--fg-box", "10,10,40,40", "--fg-box-frame", "9").startswith(
+        "error: --fg-box-frame 9 is not a fitted frame (frames 0-5)"
+    )
+    assert fails("--fg-box", "200,100,300,200").startswith(
+        "error: --fg-box (200, 100, 300, 200) lies outside"
+    )

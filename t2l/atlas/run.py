@@ -80,9 +80,10 @@ class AtlasConfig:
     size: int = 432  # working long side, px
     layers: int = 2  # 1 = background only, 2 = foreground + background
     masks: str | None = None  # folder of given foreground masks; None = automatic (two layers)
-    # (x0, y0, x1, y1) source px on the first fitted frame: the object to put in the foreground,
-    # refined by grabCut and carried along the flow (t2l/atlas/separate.py); None = automatic
+    # (x0, y0, x1, y1) source px on frame fg_box_frame: the object to put in the foreground, refined by
+    # grabCut and carried along the flow both ways (t2l/atlas/separate.py); None = automatic
     fg_box: tuple[int, int, int, int] | None = None
+    fg_box_frame: int | None = None  # the source frame the box is drawn on; None = the first fitted frame
     steps: int | None = None  # TOTAL steps the fit reaches; None = preset budget / checkpoint's total
     seed: int = 0  # frame order of the optimisation
     checkpoint_every_s: float = 120.0  # model.pt cadence during the fit
@@ -127,6 +128,7 @@ def resolve_config(
     steps: int | None = None,
     seed: int | None = None,
     fg_box: tuple[int, int, int, int] | None = None,
+    fg_box_frame: int | None = None,
 ) -> tuple[AtlasConfig, str | None]:
     """Validate values and build an AtlasConfig; `auto` picks quality on CUDA, else draft.
 
@@ -167,6 +169,13 @@ def resolve_config(
         if masks is not None or layers == 1:
             raise UsageError("a foreground box needs two layers and no mask folder", "give one of them")
         fg_box = tuple(int(v) for v in fg_box)
+    if fg_box_frame is not None:
+        if fg_box is None:
+            raise option_error(
+                "fg_box_frame", f"{fg_box_frame} is given without a box", "give the box (x0,y0,x1,y1) too"
+            )
+        if fg_box_frame < 0:
+            raise option_error("fg_box_frame", f"{fg_box_frame} must be >= 0", "frames are counted from 0")
     note = None
     if preset == "auto":
         preset = "quality" if device_type == "cuda" else "draft"
@@ -174,7 +183,8 @@ def resolve_config(
     cfg = AtlasConfig(
         preset=preset, start=start, max_frames=max_frames, window_given=window_given, stride=stride,
         size=size or PRESETS[preset].size,
-        layers=layers, masks=str(masks) if masks is not None else None, fg_box=fg_box, steps=steps,
+        layers=layers, masks=str(masks) if masks is not None else None, fg_box=fg_box, fg_box_frame=fg_box_frame,
+        steps=steps,
         seed=seed if seed is not None else secrets.randbelow(2**31),
     )  # fmt: skip
     return cfg, note
@@ -280,6 +290,7 @@ class AtlasRun:
             self.video, cfg.start, cfg.max_frames + 1, cfg.stride, long_side=cfg.size,
             progress=lambda n: self._tick("decode", n, cfg.max_frames + 1),
         )  # fmt: skip
+        self._tick("decode", len(frames), len(frames))  # the bar ends full on a clip shorter than asked
         if vinfo.short_of_header():
             why = f" (decoding failed: {vinfo.decode_error})" if vinfo.decode_error else ""
             yield Note(
@@ -327,6 +338,8 @@ class AtlasRun:
                 f"{self.video} gives only {T} frame(s) from frame {cfg.start}",
                 f"an atlas needs at least {MIN_FRAMES} frames",
             )
+        # the box's frame among the fitted ones, checked before the flow (which takes a while)
+        box_at = self._box_frame(vinfo, T) if cfg.fg_box is not None and state is None else None
         if state is not None:
             saved = state["model_config"]
             if (saved["frames"], saved["height"], saved["width"]) != (T, H, W):
@@ -364,9 +377,9 @@ class AtlasRun:
                 if x1 - x0 < 2 or y1 - y0 < 2:
                     raise option_error(
                         "fg_box", f"{cfg.fg_box} lies outside the {vinfo.width}x{vinfo.height} frame",
-                        "give the box in source pixels of the first fitted frame",
+                        "give the box in source pixels (x0,y0 top left, x1,y1 bottom right)",
                     )  # fmt: skip
-                fg_masks, self.mask_source = box_masks(frames, flows, (x0, y0, x1, y1)), "box"
+                fg_masks, self.mask_source = box_masks(frames, flows, (x0, y0, x1, y1), frame=box_at), "box"
             elif cfg.masks:
                 indices = list(vinfo.frame_indices) or [cfg.start + i * cfg.stride for i in range(T)]
                 fg_masks, self.mask_source = read_masks(cfg.masks, indices, (H, W)), "given"
@@ -503,6 +516,22 @@ class AtlasRun:
             "steps": cfg.steps, "preset": cfg.preset, "masks": self.mask_source, "quality": quality,
             "seconds": round(time.perf_counter() - t_run, 2),
         }  # fmt: skip
+
+    def _box_frame(self, vinfo, T: int) -> int:
+        """The index among the fitted frames of the source frame the box is drawn on (cfg.fg_box_frame;
+        None: the first). A frame outside the window, or between two strided ones, is a usage error."""
+        cfg = self.cfg
+        indices = list(vinfo.frame_indices) or [cfg.start + i * cfg.stride for i in range(T)]
+        if cfg.fg_box_frame is None:
+            return 0
+        if cfg.fg_box_frame in indices:
+            return indices.index(cfg.fg_box_frame)
+        every = f", stride {cfg.stride}" if cfg.stride > 1 else ""
+        nearest = min(indices, key=lambda i: (abs(i - cfg.fg_box_frame), i))
+        raise option_error(
+            "fg_box_frame", f"{cfg.fg_box_frame} is not a fitted frame (frames {indices[0]}-{indices[-1]}{every})",
+            f"draw the box on a fitted frame, e.g. {nearest}",
+        )  # fmt: skip
 
     def _tick(self, phase: str, done: int, total: int | None) -> None:
         if self.on_progress is not None:

@@ -28,15 +28,16 @@ from t2l.errors import InputError, Interrupted, UsageError
 _FIXES = {
     # a ghost in a few frames is mostly an object the background layer kept (bigbuckbunny's character:
     # automatic masks miss what never leaves; a box around it separates it, docs/benchmarks.md)
-    "low_psnr": "if those frames show an object twice (a ghost), mark it: --fg-box x0,y0,x1,y1 on the "
-    "first frame, or --masks DIR; otherwise fit a shorter window (--max-frames) or give more --steps",
-    "empty_fg": "mark the object: --fg-box x0,y0,x1,y1 on the first frame, or --masks DIR",
-    "sparse_fg": "mark the object: --fg-box x0,y0,x1,y1 on the first frame, or --masks DIR",
+    "low_psnr": "if those frames show an object twice (a ghost), mark it: --fg-box x0,y0,x1,y1 (on the "
+    "first frame, or on --fg-box-frame N), or --masks DIR; otherwise fit a shorter window (--max-frames) "
+    "or give more --steps",
+    "empty_fg": "mark the object: --fg-box x0,y0,x1,y1 (on the first frame, or on --fg-box-frame N), or --masks DIR",
+    "sparse_fg": "mark the object: --fg-box x0,y0,x1,y1 (on the first frame, or on --fg-box-frame N), or --masks DIR",
     "masks_disagree": "look at masks/ and alpha/ in the atlas folder; give --masks DIR if the masks are wrong",
     "truncated": "re-download or re-export the file to fit the missing frames",
 }
 _BOX_LOST = ("the object in --fg-box was lost: give a tighter box on a frame where it stands out "
-             "(--start there), or --masks DIR")  # fmt: skip
+             "(--fg-box-frame N), or --masks DIR")  # fmt: skip
 # ... after --fg-box the object is already marked
 _FIXES_BOX = {**_FIXES, "empty_fg": _BOX_LOST, "sparse_fg": _BOX_LOST,
               "low_psnr": "fit a shorter window (--max-frames), more --steps, or give --masks DIR"}  # fmt: skip
@@ -92,8 +93,17 @@ def atlas(
         str | None,
         typer.Option(
             "--fg-box",
-            help="x0,y0,x1,y1: a box around the object on the first fitted frame (source pixels); it is "
-            "refined by grabCut and followed along the flow. Instead of automatic masks.",
+            help="x0,y0,x1,y1: a box around the object (source pixels) on the first fitted frame or on "
+            "--fg-box-frame; it is refined by grabCut and followed along the flow. Instead of automatic masks.",
+            show_default=False,
+        ),
+    ] = None,
+    fg_box_frame: Annotated[
+        int | None,
+        typer.Option(
+            "--fg-box-frame",
+            help="The source frame number --fg-box is drawn on (default: the first fitted frame), e.g. "
+            "where an object that enters late is in view.",
             show_default=False,
         ),
     ] = None,
@@ -147,6 +157,7 @@ def atlas(
         cfg, note = resolve_config(
             preset, dev.type, start=start, max_frames=max_frames, stride=stride, size=size, layers=layers,
             masks=masks, steps=steps, seed=seed, fg_box=box,
+            fg_box_frame=fg_box_frame,
         )  # fmt: skip
         run = None if from_nla is not None else AtlasRun.prepare(video, output, cfg, dev, resume=resume)
     except UsageError as e:
@@ -210,6 +221,8 @@ def _draw(run, json_out: bool) -> None:
     except SceneCutError as e:
         fix = f"fit one shot at a time: --start {e.first} --max-frames {e.frames}, then --start {e.cut}"
         raise UsageError(e.problem, fix) from None
+    except UsageError as e:  # found once the frames are read (a box outside them, or on a frame not fitted)
+        raise _flagged(e) from None
     s = run.summary
     _print_report(s["quality"], warnings, box=getattr(run, "mask_source", None) == "box")
     drift = ", ".join(f"{k} {v:.2f}" for k, v in s["drift_px_per_frame"].items())
