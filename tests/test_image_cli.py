@@ -129,6 +129,40 @@ def test_interrupt_then_resume_equals_uninterrupted(photo, tmp_path, tiny_clip_a
         assert np.array_equal(_load(part / name), _load(full / name)), name
 
 
+def test_batch_rerun_with_resume_skips_continues_and_starts(photo, tmp_path, tiny_clip_args, monkeypatch):
+    """After Ctrl-C in a batch, the same command plus --resume finishes it: a finished output is
+    skipped, the interrupted one continues from its checkpoint, the never-started one starts fresh."""
+    from t2l.train import Trainer
+
+    photos = []
+    for name in ("a", "b", "c"):
+        photos.append(tmp_path / f"{name}.png")
+        photos[-1].write_bytes(photo.read_bytes())
+    out, steps = tmp_path / "batch", ["--steps", "4"]
+    original, trainers = Trainer.train_step, []
+
+    def interrupted_in_b(self):
+        if self not in trainers:
+            trainers.append(self)
+        if len(trainers) == 2 and self.step == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_in_b)
+    r = _run([*map(str, photos), "fire", "-o", str(out), *steps], tiny_clip_args)
+    assert r.exit_code == 130 and "--resume" in r.stderr
+    assert json.loads((out / "b" / "run.json").read_text())["status"] == "interrupted"
+    assert not (out / "c").exists()
+    monkeypatch.setattr(Trainer, "train_step", original)
+
+    r = _run([*map(str, photos), "fire", "-o", str(out), *steps, "--resume", "--json"], tiny_clip_args)
+    assert r.exit_code == 0, r.stderr
+    assert [json.loads(s)["status"] for s in r.stdout.strip().splitlines()] == ["skipped", "done", "done"]
+    done = {n: json.loads((out / n / "run.json").read_text()) for n in ("b", "c")}
+    assert done["b"]["timings"]["steps_this_session"] == 2  # continued, not restarted
+    assert done["c"]["steps_done"] == 4 and done["c"]["timings"]["steps_this_session"] == 4
+
+
 def test_several_inputs_one_failing(photo, tmp_path, tiny_clip_args):
     bad = tmp_path / "broken.png"
     bad.write_text("not an image")
