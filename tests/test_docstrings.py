@@ -10,17 +10,6 @@ import pytest
 
 import t2l
 
-# Modules whose examples are still illustrations with undefined names (owners: drop an entry once its
-# examples run, or write them without `>>>`). The test is strict: a listed module that passes fails.
-_ILLUSTRATIONS = {
-    "t2l.atlas.fit",
-    "t2l.atlas.render",
-    "t2l.atlas.coords",
-    "t2l.atlas.cuts",
-    "t2l.atlas.report",
-    "t2l.consistency",
-}
-
 
 def _modules_with_examples() -> list[str]:
     names = []
@@ -38,9 +27,7 @@ def test_examples_are_found():
 
 
 @pytest.mark.parametrize("name", _modules_with_examples())
-def test_docstring_examples_run(name, request):
-    if name in _ILLUSTRATIONS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="examples with undefined names"))
+def test_docstring_examples_run(name):
     module = importlib.import_module(name)
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

@@ -23,10 +23,21 @@ API (render, the fitter, NLA import and video crops all use these):
     Box(x0, y0, x1, y1)                        integer atlas px, half-open; .width, .height, .clip(size)
     texel_centres((Ha, Wa), uv_to_px) -> uv [Ha, Wa, 2];  texel_index(uv, uv_to_px) -> (col, row) [..., 2]
 
-Example (the lead's video crops): the generator paints only the atlas region one frame region sees.
-    >>> box = uv_bbox(uv_fg[t], layer.uv_to_px, mask=alpha[t] > 0.5, pad=2, limit=texture_hw)
-    >>> crop_rgba = generator(atlas_crop)                        # 1, 4, h_c, w_c, any resolution
-    >>> frame_rgba = sample_atlas(crop_rgba, uv_fg[t][None], layer.uv_to_px, crop=box)  # 1, 4, H, W
+Example (the lead's video crops): the generator paints only the atlas region one frame region sees,
+and sampling that crop gives what sampling the whole atlas gives. Here an 8 x 8 atlas, a 1 x 2 frame:
+    >>> import torch
+    >>> uv_to_px = grid_uv_to_px((8, 8))                    # uv in [-1, 1] spans the 8 x 8 atlas
+    >>> uv = torch.tensor([[[[-0.5, -0.5], [0.0, 0.25]]]])  # B, h, w, 2
+    >>> uv_to_pixels(uv, uv_to_px)[0, 0].tolist()           # continuous atlas pixels (x, y)
+    [[2.0, 2.0], [4.0, 5.0]]
+    >>> box = uv_bbox(uv, uv_to_px, pad=1, limit=(8, 8))
+    >>> box, (box.width, box.height)
+    (Box(x0=0, y0=0, x1=6, y1=7), (6, 7))
+    >>> texture = torch.rand(1, 4, 8, 8)                    # straight RGBA, alpha last
+    >>> crop_rgba = texture[:, :, box.y0 : box.y1, box.x0 : box.x1]  # e.g. a generator's output
+    >>> frame_rgba = sample_atlas(crop_rgba, uv, uv_to_px, crop=box)
+    >>> frame_rgba.shape, torch.allclose(frame_rgba, sample_atlas(texture, uv, uv_to_px))
+    (torch.Size([1, 4, 1, 2]), True)
 """
 
 from __future__ import annotations

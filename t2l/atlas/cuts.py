@@ -14,9 +14,17 @@ benchmarks/atlas_real.py): cuts have correlation <= 0.4 and distance >= 0.4; fas
 to 0.55 correlation at distance 0.1. Flat frames (black or one colour: fades) have no structure and
 are skipped: the frames on either side of them are compared instead.
 
-Example:
-    >>> find_cuts(frames)      # frames T, H, W, 3 uint8
-    [30, 76]                   # frame 30 starts a new shot, and so does frame 76
+Example: two shots, a red horizontal ramp and a blue vertical one, with a black frame in between
+(flat: skipped, so the cut is found at the first blue frame):
+    >>> import numpy as np
+    >>> ramp = np.linspace(0, 255, 16).astype(np.uint8)
+    >>> red = np.zeros((16, 16, 3), np.uint8); red[..., 0] = ramp[None, :]
+    >>> blue = np.zeros((16, 16, 3), np.uint8); blue[..., 2] = ramp[:, None]
+    >>> black = np.zeros_like(red)
+    >>> find_cuts(np.stack([red, red, black, blue, blue]))  # frames T, H, W, 3 uint8
+    [3]
+    >>> find_cuts(np.stack([red, red, blue, blue, red]))    # frames 2 and 4 start new shots
+    [2, 4]
 """
 
 from __future__ import annotations

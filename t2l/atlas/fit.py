@@ -19,11 +19,12 @@ numbers per layer plus the residual fields (2 floats per 2x2 frame pixels per la
 frame pixel and layer, about the size of the frames themselves with two layers; model.pt grows
 by as much).
 
-Example:
-    >>> fitter = AtlasFitter(frames, masks, flows, FitConfig(steps=200))
-    >>> for event in fitter.run():
-    ...     print(event.step, event.psnr)
-    >>> result = fitter.export()
+Usage (needs a clip's frames, masks and optical flow, as t2l/atlas/run.py prepares them):
+
+    fitter = AtlasFitter(frames, masks, flows, FitConfig(steps=200))
+    for event in fitter.run():
+        print(event.step, event.psnr)
+    result = fitter.export()
 """
 
 from __future__ import annotations

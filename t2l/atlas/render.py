@@ -10,10 +10,11 @@ which is I + alpha*(P_fg - a_fg*I) + (1 - alpha)*(P_bg - a_bg*I) with P = a_e*c_
 0-255 units and only touch pixels whose sampled edit alpha is > 0, so a blank edit gives back the
 original frames bit for bit.
 
-Example:
-    >>> data = load_atlas("clip.atlas")
-    >>> edit = np.array(Image.open("fg.png").convert("RGBA"))      # fg atlas.png size
-    >>> video, layer = render_edit(data, {"fg": edit})
+Usage (needs a fitted atlas folder; load_atlas is in t2l.atlas.folder):
+
+    data = load_atlas("clip.atlas")
+    edit = np.array(Image.open("fg.png").convert("RGBA"))      # fg atlas.png size
+    video, layer = render_edit(data, {"fg": edit})
 """
 
 from __future__ import annotations

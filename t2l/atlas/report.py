@@ -9,10 +9,14 @@ atlas.json `meta.quality`.
 Each warning is {"code", "message"}: the message names values (frames, dB, shares), not command-line
 options; the CLI adds the fix in its own terms.
 
-Example:
-    >>> rep = quality_report(psnr, alpha, masks, info)
-    >>> rep["psnr_min"], [w["code"] for w in rep["warnings"]]
-    (27.1, ['empty_fg'])
+Example: three 4 x 4 frames, one reconstructed poorly, and a foreground layer that lost the object
+its masks show:
+    >>> import numpy as np
+    >>> alpha = np.zeros((3, 4, 4))                              # fitted opacity: empty
+    >>> masks = np.zeros((3, 4, 4), bool); masks[:, 1:3, 1:3] = True
+    >>> rep = quality_report([31.2, 24.04, 33.0], alpha, masks)   # PSNR per frame, dB
+    >>> rep["psnr_min"], rep["low_frames"], [w["code"] for w in rep["warnings"]]
+    (24.04, [1], ['low_psnr', 'empty_fg'])
 """
 
 from __future__ import annotations
