@@ -105,6 +105,35 @@ def test_report_flags_empty_and_sparse_foreground_and_disagreeing_masks():
     assert rep["warnings"] == [] and rep["mask_iou"] == 1.0 and rep["fg_share"] > 0
 
 
+def test_report_names_source_frames_and_spares_frames_the_given_masks_leave_empty():
+    """With --start 4 --stride 2 the messages count what --start and a video player count (the JSON
+    lists stay fitted indices, the folder's PNG numbers). A box's or a mask folder's empty frames mean
+    "nothing in front here": an object entering late does not make the foreground "lost" there."""
+    from t2l.video_read import VideoInfo
+
+    T, H, W = 8, 20, 30
+    info = VideoInfo("clip.mp4", W, H, Fraction(25), 0, tuple(range(T)), False, tuple(range(4, 20, 2)))
+    psnr = [40.0] * 5 + [22.0, 21.0, 31.0]
+    alpha = np.zeros((T, H, W), np.float32)
+    masks = np.zeros((T, H, W), bool)
+    masks[4:, 5:15, 5:15] = True  # the object enters at fitted frame 4 (source 12)
+    alpha[4:, 5:15, 5:15] = 1
+    rep = quality_report(psnr, alpha, masks, info)
+    low = rep["warnings"][0]["message"]
+    assert rep["low_frames"] == [5, 6] and "(14-16; worst 21.0 dB at frame 16)" in low
+    sparse = [w["message"] for w in rep["warnings"] if w["code"] == "sparse_fg"]
+    assert sparse and "empty in 4 of 8 frames (4-10)" in sparse[0]  # automatic masks: counted
+    rep = quality_report(psnr, alpha, masks, info, masks_given=True)
+    assert [w["code"] for w in rep["warnings"]] == ["low_psnr"] and rep["fg_empty_frames"] == [0, 1, 2, 3]
+    alpha[6:] = 0  # lost in 2 of the 4 frames the masks mark
+    rep = quality_report(psnr, alpha, masks, info, masks_given=True)
+    sparse = [w["message"] for w in rep["warnings"] if w["code"] == "sparse_fg"]
+    assert sparse and "empty in 2 of the 4 frames its masks mark (16-18)" in sparse[0]
+    alpha[:] = 0
+    rep = quality_report(psnr, alpha, masks, info, masks_given=True)
+    assert "empty_fg" in [w["code"] for w in rep["warnings"]]
+
+
 def test_black_and_fading_frames_reconstruct_dark():
     torch.manual_seed(0)
     clip = make_clip(SyntheticConfig(frames=8, height=54, width=96, seed=4, pan=(2.0, 0.5), object_size=0.01))

@@ -453,11 +453,35 @@ def test_fg_box_frame_marks_an_object_that_enters_late(tmp_path):
     r = runner.invoke(app, ["atlas", str(tmp_path / "in"), "-o", str(out), "--fg-box", box, "--fg-box-frame", "16",
                             "--steps", "120", "--seed", "0"])  # fmt: skip
     assert r.exit_code == 0, r.stderr
-    run = json.loads((out / "atlas.json").read_text())["meta"]["run"]
-    assert run["mask_source"] == "box" and run["fg_box_frame"] == 16
+    meta = json.loads((out / "atlas.json").read_text())["meta"]
+    assert meta["run"]["mask_source"] == "box" and meta["run"]["fg_box_frame"] == 16
     alpha = np.load(out / "alpha.npy") > 0.5
     assert (alpha[k:] & truth[k:]).sum() / truth[k:].sum() > 0.8
     assert alpha[: k - 2].mean() < 0.01  # (the two frames before it came may hold the carried mask)
+    # the frames before it came are empty as the box's masks say: not "the object was lost"
+    assert "sparse_fg" not in [w["code"] for w in meta["quality"]["warnings"]], meta["quality"]["warnings"]
+    assert "was lost" not in r.stderr
+
+
+def test_fg_box_frame_counts_source_frames_with_start_and_stride(tmp_path):
+    """--fg-box-frame is a source frame number: with --start 4 --stride 2 frame 16 is the 7th fitted
+    frame (index 6), where the box must land; the report's messages count source frames too."""
+    frames, truth, _, _ = _late_object(T=24, k=13)
+    _frames_dir(frames, tmp_path / "in")
+    ys, xs = np.nonzero(truth[16])
+    box = f"{xs.min() - 4},{ys.min() - 4},{xs.max() + 5},{ys.max() + 5}"
+    out = tmp_path / "a"
+    r = runner.invoke(app, ["atlas", str(tmp_path / "in"), "-o", str(out), "--fg-box", box, "--fg-box-frame", "16",
+                            "--start", "4", "--stride", "2", "--steps", "0", "--seed", "0"])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads((out / "atlas.json").read_text())
+    assert (
+        doc["source"]["frame_indices"] == list(range(4, 24, 2)) and doc["meta"]["run"]["fg_box_frame"] == 16
+    )
+    masks = np.stack([np.asarray(Image.open(out / "masks" / f"{i:05d}.png")) > 127 for i in range(10)])
+    on = (masks[6] & truth[16]).sum() / (masks[6] | truth[16]).sum()
+    assert on > 0.6, on  # the box's frame; (frame 4 + 2 * 6 = 16)
+    assert not masks[0].any()  # source frame 4: the object enters at 13 (the carried mask fades out before)
 
 
 def test_fg_box_frame_errors(still_object, tmp_path):
@@ -470,13 +494,22 @@ def test_fg_box_frame_errors(still_object, tmp_path):
         return r.stderr.splitlines()[-1]
 
     assert fails("--fg-box-frame", "2").startswith("error: --fg-box-frame 2 is given without a box")
-    err = fails("--fg-box", "10,10,40,40", "--fg-box-frame", "3", "--stride", "2")
-    assert (
-        err.startswith("error: --fg-box-frame 3 is not a fitted frame (frames 0-4, stride 2)")
-        and "e.g. 2" in err
+    box = ("--fg-box", "10,10,40,40")
+    # the box's coordinates belong to its frame: each fix moves the window onto that frame
+    assert fails(*box, "--fg-box-frame", "3", "--stride", "2") == (
+        "error: --fg-box-frame 3 falls between the fitted frames (0, 2, ...: stride 2); "
+        "fit a window that holds it: --start 1"
     )
-    assert fails("--fg-box", "10,10,40,40", "--fg-box-frame", "9").startswith(
-        "error: --fg-box-frame 9 is not a fitted frame (frames 0-5)"
+    assert fails(*box, "--fg-box-frame", "1", "--start", "2").endswith(
+        "is before the first fitted frame 2; fit a window that holds it: --start 1"
+    )
+    assert fails(*box, "--fg-box-frame", "5", "--max-frames", "4").endswith(
+        "is after the last fitted frame 3 (4 frames); fit a window that holds it: --max-frames 6"
+    )
+    assert fails(*box, "--fg-box-frame", "9").startswith(
+        "error: --fg-box-frame 9 is past the end of"
+    ) and fails(*box, "--fg-box-frame", "9").endswith(
+        "(frames 0-5 are fitted); draw the box on a frame up to 5"
     )
     assert fails("--fg-box", "200,100,300,200").startswith(
         "error: --fg-box (200, 100, 300, 200) lies outside"

@@ -30,13 +30,13 @@ EMPTY_FG_SHARE = 0.001  # a frame whose foreground holds less than this share of
 MASK_IOU_MIN = 0.5  # masks and fitted opacity (> 0.5) overlapping less than this disagree
 
 
-def _ranges(frames: list[int]) -> str:
-    """[3, 4, 5, 9] -> "3-5, 9"."""
+def _ranges(frames: list[int], step: int = 1) -> str:
+    """[3, 4, 5, 9] -> "3-5, 9"; with step 2, [4, 6, 8, 12] -> "4-8, 12"."""
     out, start = [], None
     for i, f in enumerate(frames):
         if start is None:
             start = f
-        if i + 1 == len(frames) or frames[i + 1] != f + 1:
+        if i + 1 == len(frames) or frames[i + 1] != f + step:
             out.append(str(start) if start == f else f"{start}-{f}")
             start = None
     return ", ".join(out)
@@ -48,21 +48,34 @@ def quality_report(
     masks: np.ndarray | None,
     info: VideoInfo | None = None,
     gain: np.ndarray | None = None,
+    masks_given: bool = False,
 ) -> dict:
     """Figures and warnings of a fit.
 
     Args:
         psnr: per frame, dB. alpha: T, H, W float in [0, 1] (None: one layer). masks: T, H, W bool
             used to bootstrap alpha (None: none). info: the source (for frames decoded short of the
-            header). gain: T, 3 per-frame colour gain of the fit (None: not modelled).
+            header, and the source frame numbers). gain: T, 3 per-frame colour gain of the fit (None:
+            not modelled). masks_given: the masks are the user's (a box, a mask folder), so a frame
+            whose mask is empty is meant to have an empty foreground and is not counted as one that
+            lost it (automatic masks miss objects that stand still: there it is counted).
     Returns:
         a JSON-ready dict: psnr_mean, psnr_min, worst (frame, source_frame, psnr), low_frames,
         fg_share / bg_share (mean share of frame pixels on each layer), fg_empty_frames,
         mask_iou (with masks), gain_range, decoded_frames / header_frames, warnings [{code, message}].
+        Lists of frames are indices among the fitted frames (the folder's PNG numbers); messages
+        name source frame numbers (what --start and a video player count), the same when the fit
+        starts at frame 0 with every frame.
     """
     p = np.asarray(psnr, np.float64)
     T = len(p)
     src = list(info.frame_indices) if info is not None and len(info.frame_indices) == T else list(range(T))
+    steps = {b - a for a, b in zip(src, src[1:], strict=False)}
+    step = steps.pop() if len(steps) == 1 else 1
+
+    def frames(idx: list[int]) -> str:  # fitted indices -> source frame numbers, in ranges
+        return _ranges([int(src[i]) for i in idx], step)
+
     order = np.argsort(p)
     rep: dict = {
         "psnr_mean": round(float(p.mean()), 2),
@@ -76,8 +89,8 @@ def quality_report(
     rep["low_frames"] = low
     if low:
         warnings.append({"code": "low_psnr", "message": (
-            f"the reconstruction is poor in {len(low)} of {T} frames ({_ranges(low)}; worst "
-            f"{p.min():.1f} dB at frame {int(order[0])}): edits will not stick to the content there")})  # fmt: skip
+            f"the reconstruction is poor in {len(low)} of {T} frames ({frames(low)}; worst "
+            f"{p.min():.1f} dB at frame {src[int(order[0])]}): edits will not stick to the content there")})  # fmt: skip
     if alpha is not None:
         fg = alpha > 0.5  # T, H, W
         share = fg.reshape(T, -1).mean(1)  # T
@@ -85,13 +98,18 @@ def quality_report(
         rep["bg_share"] = round(1 - float(alpha.mean()), 4)
         empty = [int(i) for i in np.nonzero(share < EMPTY_FG_SHARE)[0]]
         rep["fg_empty_frames"] = empty
-        if len(empty) == T:
+        marked = list(range(T))  # the frames that should hold a foreground
+        if masks_given and masks is not None:
+            marked = [int(i) for i in np.nonzero(masks.reshape(T, -1).any(1))[0]]
+        lost = sorted(set(empty) & set(marked))
+        of = f"{len(marked)} frames" if len(marked) == T else f"the {len(marked)} frames its masks mark"
+        if marked and len(lost) == len(marked):
             warnings.append({"code": "empty_fg", "message": (
                 "the foreground layer is empty (the background holds everything): "
                 "a foreground edit will not show in any frame")})  # fmt: skip
-        elif len(empty) > T // 4:
+        elif len(lost) > len(marked) // 4:
             warnings.append({"code": "sparse_fg", "message": (
-                f"the foreground layer is empty in {len(empty)} of {T} frames ({_ranges(empty)}): "
+                f"the foreground layer is empty in {len(lost)} of {of} ({frames(lost)}): "
                 "a foreground edit will not show there")})  # fmt: skip
         if masks is not None and masks.any():
             inter = (fg & masks).reshape(T, -1).sum(1)
@@ -99,7 +117,7 @@ def quality_report(
             per = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
             rep["mask_iou"] = round(float(per.mean()), 3)
             if per.mean() < MASK_IOU_MIN and len(empty) < T:
-                bad = [int(i) for i in np.argsort(per)[:3]]
+                bad = [int(src[i]) for i in np.argsort(per)[:3]]
                 warnings.append({"code": "masks_disagree", "message": (
                     f"the fitted opacity overlaps the masks by only {per.mean():.2f} IoU (worst frames "
                     f"{', '.join(map(str, bad))}): the foreground drifted from the masks, or the masks "

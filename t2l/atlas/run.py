@@ -176,6 +176,7 @@ def resolve_config(
             )
         if fg_box_frame < 0:
             raise option_error("fg_box_frame", f"{fg_box_frame} must be >= 0", "frames are counted from 0")
+        _check_box_frame(fg_box_frame, start, stride)
     note = None
     if preset == "auto":
         preset = "quality" if device_type == "cuda" else "draft"
@@ -188,6 +189,33 @@ def resolve_config(
         seed=seed if seed is not None else secrets.randbelow(2**31),
     )  # fmt: skip
     return cfg, note
+
+
+class WindowError(UsageError):
+    """The frame a box is drawn on (`option`) lies outside the fitted frames. window: the config
+    fields of a window that holds it (e.g. {"start": 15}), empty when the clip has no such frame."""
+
+    def __init__(self, option: str, problem: str, fix: str, window: dict[str, int]):
+        super().__init__(f"{option} {problem}", fix)
+        self.option, self.window = option, window
+
+
+def _window_fix(window: dict[str, int]) -> str:
+    return "fit a window that holds it: " + ", ".join(f"{k}={v}" for k, v in window.items())
+
+
+def _check_box_frame(frame: int, start: int, stride: int) -> None:
+    """Before decoding: the box's source frame must be one of start, start + stride, ... (whether the
+    window reaches it is known once the clip is read: AtlasRun._box_frame). The box's coordinates
+    belong to that frame, so the fix moves the window, not the box."""
+    problem, window = None, {}
+    if frame < start:
+        problem, window = f"{frame} is before the first fitted frame {start}", {"start": frame}
+    elif (frame - start) % stride:
+        problem = f"{frame} falls between the fitted frames ({start}, {start + stride}, ...: stride {stride})"
+        window = {"start": start + (frame - start) % stride}
+    if problem:
+        raise WindowError("fg_box_frame", problem, _window_fix(window), window)
 
 
 def folder_state(out_dir: Path) -> str:
@@ -239,6 +267,7 @@ class AtlasRun:
         self.fitter: AtlasFitter | None = None
         self._stage = "prepare"  # prepare -> fit -> write (what a Ctrl-C would lose)
         self._packed = None
+        self._more = False  # the clip has frames after the fitted window (set once it is read)
         # called with (phase, done, total or None) during decode, flow and export; set by the caller
         self.on_progress = None
         self.cut_at: int | None = None  # source frame of the scene cut the window stopped at
@@ -328,6 +357,7 @@ class AtlasRun:
             vinfo = dataclasses.replace(
                 vinfo, timestamps=vinfo.timestamps[:n], frame_indices=vinfo.frame_indices[:n]
             )
+        self._more = more
         if more:
             yield Note(
                 f"{self.video} has more frames: fitting {n} (raise the frame limit, or pick a start/stride)"
@@ -340,6 +370,9 @@ class AtlasRun:
             )
         # the box's frame among the fitted ones, checked before the flow (which takes a while)
         box_at = self._box_frame(vinfo, T) if cfg.fg_box is not None and state is None else None
+        if box_at is not None:  # run.json / atlas.json record the source frame the box was drawn on
+            indices = list(vinfo.frame_indices) or [cfg.start + i * cfg.stride for i in range(T)]
+            cfg = self.cfg = dataclasses.replace(cfg, fg_box_frame=indices[box_at])
         if state is not None:
             saved = state["model_config"]
             if (saved["frames"], saved["height"], saved["width"]) != (T, H, W):
@@ -461,7 +494,9 @@ class AtlasRun:
         t0 = time.perf_counter()
         res = fitter.export(progress=lambda d, t: self._tick("export", d, t))
         self.timings["export_s"] = time.perf_counter() - t0
-        quality = quality_report(res.psnr, res.alpha, fg_masks, vinfo, res.gain)
+        # a box's or a mask folder's empty frames say "nothing in front here": not a lost foreground
+        quality = quality_report(res.psnr, res.alpha, fg_masks, vinfo, res.gain,
+                                 masks_given=self.mask_source in ("box", "given"))  # fmt: skip
         if self.cut_at is not None:
             quality["scene_cut_at"] = self.cut_at
         model_state = {
@@ -522,15 +557,28 @@ class AtlasRun:
         None: the first). A frame outside the window, or between two strided ones, is a usage error."""
         cfg = self.cfg
         indices = list(vinfo.frame_indices) or [cfg.start + i * cfg.stride for i in range(T)]
-        if cfg.fg_box_frame is None:
+        n = cfg.fg_box_frame
+        if n is None:
             return 0
-        if cfg.fg_box_frame in indices:
-            return indices.index(cfg.fg_box_frame)
+        if n in indices:
+            return indices.index(n)
+        # resolve_config checked start and stride; what is left is a window, shot or clip that ends before n
         every = f", stride {cfg.stride}" if cfg.stride > 1 else ""
-        nearest = min(indices, key=lambda i: (abs(i - cfg.fg_box_frame), i))
-        raise option_error(
-            "fg_box_frame", f"{cfg.fg_box_frame} is not a fitted frame (frames {indices[0]}-{indices[-1]}{every})",
-            f"draw the box on a fitted frame, e.g. {nearest}",
+        if self._more:  # the clip goes on: a longer window reaches n
+            window = {"max_frames": (n - cfg.start) // cfg.stride + 1}
+            raise WindowError(
+                "fg_box_frame", f"{n} is after the last fitted frame {indices[-1]} ({T} frames{every})",
+                _window_fix(window), window,
+            )  # fmt: skip
+        if self.cut_at is not None and n >= self.cut_at:
+            raise WindowError(
+                "fg_box_frame", f"{n} is past the scene cut at frame {self.cut_at} (the window fits frames "
+                f"{indices[0]}-{indices[-1]}{every}, one shot)", _window_fix({"start": self.cut_at}),
+                {"start": self.cut_at},
+            )  # fmt: skip
+        raise WindowError(
+            "fg_box_frame", f"{n} is past the end of {self.video} (frames {indices[0]}-{indices[-1]}{every} "
+            "are fitted)", f"draw the box on a frame up to {indices[-1]}", {},
         )  # fmt: skip
 
     def _tick(self, phase: str, done: int, total: int | None) -> None:

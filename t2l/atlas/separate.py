@@ -197,12 +197,12 @@ def box_masks(
         frames: T, H, W, 3 uint8 RGB. flows: compute_flows output. box: (x0, y0, x1, y1) frame px at
             working resolution, x1/y1 exclusive. band_px: the band around a carried mask that grabCut
             may re-decide in the next frame. min_keep: if grabCut keeps less than this share of the
-            box on the first frame, the box itself is the first mask. seeds: when at least this share
+            box on frame `frame`, the box itself is that frame's mask. seeds: when at least this share
             of the box moves against the camera on that frame, those pixels are certain foreground for
             grabCut (a box holds the object and whatever is behind it: a grey character before a dark
             burrow, grey rocks outside the box, and grabCut alone takes the burrow). keep_carried: a
             frame's grabCut that keeps less than this share of the mask carried from the frame before
-            is joined with the carried mask (a cut that keeps only the certain core shrinks the mask
+            (or after, carrying back from `frame`) is joined with the carried mask (a cut that keeps only the certain core shrinks the mask
             by the band every frame, until it is gone), for at most `max_joined` frames in a row (then
             the cut stands: an object that left or is hidden is not kept forever).
     Returns:

@@ -43,12 +43,22 @@ _FIXES_BOX = {**_FIXES, "empty_fg": _BOX_LOST, "sparse_fg": _BOX_LOST,
               "low_psnr": "fit a shorter window (--max-frames), more --steps, or give --masks DIR"}  # fmt: skip
 
 
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
 def _flagged(e: UsageError) -> UsageError:
-    """The core names config fields (`max_frames 2 is too few`); say the flag (`--max-frames 2 ...`)."""
+    """The core names config fields (`max_frames 2 is too few`); say the flag (`--max-frames 2 ...`).
+    A window that misses the box's frame gets the flags of one that holds it as its fix."""
+    from t2l.atlas.run import WindowError
+
     option = getattr(e, "option", None)
     if not option or not e.problem.startswith(option):
         return e
-    return UsageError("--" + option.replace("_", "-") + e.problem[len(option) :], e.fix)
+    fix = e.fix
+    if isinstance(e, WindowError) and e.window:
+        fix = "fit a window that holds it: " + " ".join(f"{_flag(k)} {v}" for k, v in e.window.items())
+    return UsageError(_flag(option) + e.problem[len(option) :], fix)
 
 
 @app.command("atlas", cls=Command)
@@ -152,6 +162,8 @@ def atlas(
             raise UsageError(
                 f"--fg-box {fg_box!r} is not x0,y0,x1,y1", "give four integers, e.g. --fg-box 40,30,200,180"
             )
+    if resume:  # a resumed fit keeps its saved window, box and box frame (run.json)
+        box = fg_box_frame = None
     dev = resolve_device(device)
     try:
         cfg, note = resolve_config(
