@@ -134,6 +134,21 @@ def test_report_names_source_frames_and_spares_frames_the_given_masks_leave_empt
     assert "empty_fg" in [w["code"] for w in rep["warnings"]]
 
 
+def test_frames_both_leave_empty_agree_despite_stray_alpha_specks():
+    """tree-box: masks empty until the hand came, the fitted alpha empty there but for a few stray
+    texels > 0.5; those frames scored IoU 0 and made a false masks_disagree (0.39 on a fit whose alpha
+    follows its masks at 0.92)."""
+    T, H, W = 4, 50, 50
+    masks = np.zeros((T, H, W), bool)
+    masks[2:, 10:30, 10:30] = True
+    alpha = masks.astype(np.float32)
+    alpha[0, 0, :2] = 1.0  # 2 of 2500 px: under the 0.1% that counts as empty
+    rep = quality_report([40.0] * T, alpha, masks)
+    assert rep["mask_iou"] == 1.0 and rep["fg_empty_frames"] == [0, 1]
+    alpha[1, 40:50, 40:50] = 1.0  # a real blob where the masks say nothing is: disagreement
+    assert quality_report([40.0] * T, alpha, masks)["mask_iou"] == 0.75
+
+
 def test_black_and_fading_frames_reconstruct_dark():
     torch.manual_seed(0)
     clip = make_clip(SyntheticConfig(frames=8, height=54, width=96, seed=4, pan=(2.0, 0.5), object_size=0.01))

@@ -115,6 +115,8 @@ def quality_report(
             inter = (fg & masks).reshape(T, -1).sum(1)
             union = (fg | masks).reshape(T, -1).sum(1)
             per = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+            # a frame both leave empty agrees, stray opacity specks (< EMPTY_FG_SHARE) or not
+            per[(share < EMPTY_FG_SHARE) & ~masks.reshape(T, -1).any(1)] = 1.0
             rep["mask_iou"] = round(float(per.mean()), 3)
             if per.mean() < MASK_IOU_MIN and len(empty) < T:
                 bad = [int(src[i]) for i in np.argsort(per)[:3]]

@@ -64,10 +64,10 @@ def chain_homographies(homs: np.ndarray) -> np.ndarray:
 
 def median_background(
     frames: np.ndarray, homs: np.ndarray, cfg: SeparationConfig = SeparationConfig(),
-    exclude: np.ndarray | None = None,
+    exclude: np.ndarray | None = None, upto: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
     """The robust background in frame-0 coordinates; `exclude` (T, H, W bool: pixels known to be
-    foreground) are left out of the median.
+    foreground) are left out of the median; with `upto`, only frames 0..upto are taken into it.
 
     Returns:
         (median RGB float32 Ha, Wa, 3; to_ref T, 3, 3 maps frame t px -> median px), or None when the
@@ -87,7 +87,8 @@ def median_background(
         return None
     shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], np.float64)
     to_ref = np.stack([shift @ g for g in chain])
-    picks = np.unique(np.linspace(0, T - 1, min(T, cfg.median_frames)).round().astype(int))
+    last = T - 1 if upto is None else min(upto, T - 1)
+    picks = np.unique(np.linspace(0, last, min(last + 1, cfg.median_frames)).round().astype(int))
     stack = np.full((len(picks), Ha, Wa, 3), np.nan, np.float32)
     for k, t in enumerate(picks):
         warped = cv2.warpPerspective(frames[t], to_ref[t], (Wa, Ha), flags=cv2.INTER_LINEAR)
@@ -137,12 +138,12 @@ def _pick_background(med: np.ndarray, parts: list[np.ndarray], cfg: SeparationCo
 
 def residual_masks(
     frames: np.ndarray, homs: np.ndarray, cfg: SeparationConfig = SeparationConfig(),
-    exclude: np.ndarray | None = None,
+    exclude: np.ndarray | None = None, upto: int | None = None,
 ) -> np.ndarray | None:  # fmt: skip
     """Foreground where a frame differs from the median background (T, H, W bool), or None (see
-    median_background; `exclude`: foreground already known, left out of the median). Raw: the caller
-    cleans them (masks.clean_mask)."""
-    got = median_background(frames, homs, cfg, exclude)
+    median_background; `exclude`: foreground already known, left out of the median; `upto`: the
+    median of frames 0..upto only). Raw: the caller cleans them (masks.clean_mask)."""
+    got = median_background(frames, homs, cfg, exclude, upto)
     if got is None:
         return None
     med, to_ref = got
@@ -171,6 +172,7 @@ def _grabcut(frame: np.ndarray, init: np.ndarray, iters: int = 3) -> np.ndarray:
     """grabCut from a mask of cv2.GC_* labels; returns H, W bool (definite or probable foreground)."""
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     lab = init.copy()
+    cv2.setRNGSeed(0)  # its colour models start from k-means on OpenCV's global RNG: same input, same cut
     try:
         cv2.grabCut(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), lab, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # one of the two classes is empty
@@ -189,7 +191,7 @@ def _warp_along(mask: np.ndarray, flow_back: np.ndarray) -> np.ndarray:
 def box_masks(
     frames: np.ndarray, flows: dict[str, np.ndarray], box: tuple[int, int, int, int], frame: int = 0,
     band_px: int = 6, min_keep: float = 0.15, seeds: float = 0.05, keep_carried: float = 0.8,
-    max_joined: int = 3,
+    max_joined: int = 3, before: int = 8, new_share: float = 0.1,
 ) -> np.ndarray:  # fmt: skip
     """Masks of the object inside `box` on frame `frame`, for every frame.
 
@@ -204,7 +206,14 @@ def box_masks(
             frame's grabCut that keeps less than this share of the mask carried from the frame before
             (or after, carrying back from `frame`) is joined with the carried mask (a cut that keeps only the certain core shrinks the mask
             by the band every frame, until it is gone), for at most `max_joined` frames in a row (then
-            the cut stands: an object that left or is hidden is not kept forever).
+            the cut stands: an object that left or is hidden is not kept forever). before, new_share:
+            when at least `before` frames come before `frame` and at least `new_share` of the box
+            differs there from their camera-aligned median (residual_masks: an object that came in
+            late), what looks as that median does is probably background, in every frame's cut: a
+            box also holds the background the object came in front of, and grabCut alone keeps
+            background of the object's colours (tree.avi's backlit hand and the overexposed sky
+            around it), and a mask carried back to the frames before the object came would stay on
+            there (grabCut in its band finds nothing to cut).
     Returns:
         T, H, W bool.
     """
@@ -217,6 +226,20 @@ def box_masks(
     moving = np.zeros((H, W), bool)  # what moves against the camera inside the box, speckle opened away
     moving[y0:y1, x0:x1] = moving_in_frame(flows, frame, tex=textured(frames[frame]))[y0:y1, x0:x1]
     moving = cv2.morphologyEx(moving.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    same = None  # T, H, W: what looks as the frames before `frame` did (probable background)
+    if frame >= before:
+        from t2l.atlas.masks import camera_homography
+
+        fwd, outside = flows["forward"], np.ones((H, W), bool)
+        outside[y0:y1, x0:x1] = False  # the camera from what lies outside the box (not the object)
+        homs = np.stack(
+            [camera_homography(fwd[t], flows["forward_valid"][t] & outside) for t in range(T - 1)]
+        )
+        new = residual_masks(frames, homs, upto=frame)
+        if new is not None and new[frame, y0:y1, x0:x1].mean() >= new_share:
+            k5 = np.ones((5, 5), np.uint8)
+            same = np.stack([cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, k5) == 0 for m in new])
+            init[same[frame] & (init == cv2.GC_PR_FGD)] = cv2.GC_PR_BGD
     if moving.sum() >= seeds * (x1 - x0) * (y1 - y0):
         init[moving] = cv2.GC_FGD
     out = np.zeros((T, H, W), bool)
@@ -234,6 +257,8 @@ def box_masks(
         lab[cv2.dilate(m, k) > 0] = cv2.GC_PR_BGD
         lab[m > 0] = cv2.GC_PR_FGD
         lab[cv2.erode(m, k) > 0] = cv2.GC_FGD
+        if same is not None:
+            lab[same[t] & (lab != cv2.GC_BGD)] = cv2.GC_PR_BGD
         return _grabcut(frames[t], lab, iters=2)
 
     # forward: frame t-1 -> t along the backward flow of pair t-1; backward: t+1 -> t along the forward
