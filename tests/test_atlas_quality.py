@@ -132,6 +132,11 @@ def test_report_names_source_frames_and_spares_frames_the_given_masks_leave_empt
     alpha[:] = 0
     rep = quality_report(psnr, alpha, masks, info, masks_given=True)
     assert "empty_fg" in [w["code"] for w in rep["warnings"]]
+    alpha[2:, 0:4, 20:30] = 1  # opacity away from the masks (and before they start)
+    rep = quality_report(psnr, alpha, masks, info, masks_given=True)
+    off = [w["message"] for w in rep["warnings"] if w["code"] == "masks_disagree"]
+    worst = {int(x) for x in off[0].split("worst frames ")[1].split(")")[0].split(", ")}
+    assert len(worst) == 3 and worst <= {8, 10, 12, 14, 16, 18}  # source numbers of fitted frames 2-7
 
 
 def test_frames_both_leave_empty_agree_despite_stray_alpha_specks():

@@ -138,11 +138,13 @@ def _pick_background(med: np.ndarray, parts: list[np.ndarray], cfg: SeparationCo
 
 def residual_masks(
     frames: np.ndarray, homs: np.ndarray, cfg: SeparationConfig = SeparationConfig(),
-    exclude: np.ndarray | None = None, upto: int | None = None,
+    exclude: np.ndarray | None = None, upto: int | None = None, seen: np.ndarray | None = None,
 ) -> np.ndarray | None:  # fmt: skip
     """Foreground where a frame differs from the median background (T, H, W bool), or None (see
     median_background; `exclude`: foreground already known, left out of the median; `upto`: the
-    median of frames 0..upto only). Raw: the caller cleans them (masks.clean_mask)."""
+    median of frames 0..upto only). Raw: the caller cleans them (masks.clean_mask). seen: a T, H, W
+    bool array filled with where the median has a background to compare with (elsewhere the
+    result says nothing: False, not "background")."""
     got = median_background(frames, homs, cfg, exclude, upto)
     if got is None:
         return None
@@ -150,6 +152,8 @@ def residual_masks(
     T, H, W = frames.shape[:3]
     k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * cfg.slack_px + 1,) * 2)
     out = np.zeros((T, H, W), bool)
+    if seen is not None:
+        seen[:] = False
     for t in range(T):
         # WARP_INVERSE_MAP: bg(p) = med(to_ref p)
         bg = cv2.warpPerspective(med, to_ref[t], (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
@@ -157,6 +161,8 @@ def residual_masks(
         ok = bg.max(-1) > 0
         if ok.sum() < 100:
             continue
+        if seen is not None:
+            seen[t] = ok
         # exposure: the frame's gain against the background, per channel, on the pixels that agree
         gain = np.median(f[ok] + 1, axis=0) / np.median(bg[ok] + 1, axis=0)
         bgg = bg * gain
@@ -172,7 +178,9 @@ def _grabcut(frame: np.ndarray, init: np.ndarray, iters: int = 3) -> np.ndarray:
     """grabCut from a mask of cv2.GC_* labels; returns H, W bool (definite or probable foreground)."""
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     lab = init.copy()
-    cv2.setRNGSeed(0)  # its colour models start from k-means on OpenCV's global RNG: same input, same cut
+    # its colour models start from k-means on OpenCV's global RNG: same input, same cut (this resets
+    # the calling thread's OpenCV RNG: a caller's own cv2 random calls repeat after a box_masks)
+    cv2.setRNGSeed(0)
     try:
         cv2.grabCut(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), lab, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # one of the two classes is empty
@@ -191,7 +199,7 @@ def _warp_along(mask: np.ndarray, flow_back: np.ndarray) -> np.ndarray:
 def box_masks(
     frames: np.ndarray, flows: dict[str, np.ndarray], box: tuple[int, int, int, int], frame: int = 0,
     band_px: int = 6, min_keep: float = 0.15, seeds: float = 0.05, keep_carried: float = 0.8,
-    max_joined: int = 3, before: int = 8, new_share: float = 0.1,
+    max_joined: int = 3, before: int = 8, new_share: float = 0.1, new_inside: float = 0.7,
 ) -> np.ndarray:  # fmt: skip
     """Masks of the object inside `box` on frame `frame`, for every frame.
 
@@ -207,9 +215,12 @@ def box_masks(
             (or after, carrying back from `frame`) is joined with the carried mask (a cut that keeps only the certain core shrinks the mask
             by the band every frame, until it is gone), for at most `max_joined` frames in a row (then
             the cut stands: an object that left or is hidden is not kept forever). before, new_share:
-            when at least `before` frames come before `frame` and at least `new_share` of the box
-            differs there from their camera-aligned median (residual_masks: an object that came in
-            late), what looks as that median does is probably background, in every frame's cut: a
+            when at least `before` frames come before `frame`, at least `new_share` of the box
+            differs there from their camera-aligned median (residual_masks) and at least
+            `new_inside` of that lies in the box's plain cut (an object that came in late; not one
+            that stood there and moved on, whose median holds it and whose "new" is mostly the
+            background it uncovered), what looks as that median does is probably background, in
+            every frame's cut (where the median saw that part of the scene): a
             box also holds the background the object came in front of, and grabCut alone keeps
             background of the object's colours (tree.avi's backlit hand and the overexposed sky
             around it), and a mask carried back to the frames before the object came would stay on
@@ -226,6 +237,10 @@ def box_masks(
     moving = np.zeros((H, W), bool)  # what moves against the camera inside the box, speckle opened away
     moving[y0:y1, x0:x1] = moving_in_frame(flows, frame, tex=textured(frames[frame]))[y0:y1, x0:x1]
     moving = cv2.morphologyEx(moving.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    if moving.sum() >= seeds * (x1 - x0) * (y1 - y0):
+        init[moving] = cv2.GC_FGD
+    out = np.zeros((T, H, W), bool)
+    out[frame] = _grabcut(frames[frame], init, iters=5)
     same = None  # T, H, W: what looks as the frames before `frame` did (probable background)
     if frame >= before:
         from t2l.atlas.masks import camera_homography
@@ -235,15 +250,19 @@ def box_masks(
         homs = np.stack(
             [camera_homography(fwd[t], flows["forward_valid"][t] & outside) for t in range(T - 1)]
         )
-        new = residual_masks(frames, homs, upto=frame)
-        if new is not None and new[frame, y0:y1, x0:x1].mean() >= new_share:
+        seen = np.zeros((T, H, W), bool)
+        new = residual_masks(frames, homs, upto=frame, seen=seen)
+        if new is not None:
             k5 = np.ones((5, 5), np.uint8)
-            same = np.stack([cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, k5) == 0 for m in new])
-            init[same[frame] & (init == cv2.GC_PR_FGD)] = cv2.GC_PR_BGD
-    if moving.sum() >= seeds * (x1 - x0) * (y1 - y0):
-        init[moving] = cv2.GC_FGD
-    out = np.zeros((T, H, W), bool)
-    out[frame] = _grabcut(frames[frame], init, iters=5)
+            new = np.stack([cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, k5) > 0 for m in new])
+            in_box = np.zeros((H, W), bool)
+            in_box[y0:y1, x0:x1] = new[frame, y0:y1, x0:x1]
+            if in_box.sum() >= new_share * (x1 - x0) * (y1 - y0) and (in_box & out[frame]).sum() >= (
+                new_inside * in_box.sum()
+            ):
+                same = ~new & seen
+                init[same[frame] & (init == cv2.GC_PR_FGD)] = cv2.GC_PR_BGD
+                out[frame] = _grabcut(frames[frame], init, iters=5)
     if out[frame].sum() < min_keep * (x1 - x0) * (y1 - y0):  # grabCut lost the object (e.g. dark on
         out[frame] = False  # dark, bigbuckbunny: 0.02% of the frame kept): the user's box is the mask
         out[frame, y0:y1, x0:x1] = True

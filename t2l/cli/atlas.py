@@ -163,6 +163,10 @@ def atlas(
                 f"--fg-box {fg_box!r} is not x0,y0,x1,y1", "give four integers, e.g. --fg-box 40,30,200,180"
             )
     if resume:  # a resumed fit keeps its saved window, box and box frame (run.json)
+        if box is not None or fg_box_frame is not None:
+            info(
+                "resuming: the fit's saved --fg-box and --fg-box-frame are used (--overwrite to change them)"
+            )
         box = fg_box_frame = None
     dev = resolve_device(device)
     try:
