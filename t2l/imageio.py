@@ -26,12 +26,7 @@ def read_image(path: str | Path) -> tuple[Image.Image, list[str]]:
         raise InputError(f"input {path} is a folder, not an image", "pass an image file (PNG, JPEG, ...)")
     notes: list[str] = []
     try:
-        im = Image.open(path)
-        if getattr(im, "n_frames", 1) > 1:
-            notes.append(f"{path.name} is animated ({im.n_frames} frames); using the first frame")
-            im.seek(0)
-        im.load()
-        im = ImageOps.exif_transpose(im)
+        im = _open_first_frame(path, notes)
     except UnidentifiedImageError:
         raise InputError(
             f"input {path} is not an image Pillow can read", "pass a PNG, JPEG, WebP or TIFF"
@@ -45,6 +40,24 @@ def read_image(path: str | Path) -> tuple[Image.Image, list[str]]:
             f"input {path} is corrupt or truncated ({e})", "re-export or re-download it"
         ) from None
     return _to_rgb8(im, path.name, notes), notes
+
+
+def _open_first_frame(path: Path, notes: list[str]) -> Image.Image:
+    """The first frame, loaded and EXIF-oriented; a file that fails to load is closed, not left to GC
+    (a batch over many broken files would hold them all open)."""
+    im = Image.open(path)
+    try:
+        if getattr(im, "n_frames", 1) > 1:
+            notes.append(f"{path.name} is animated ({im.n_frames} frames); using the first frame")
+            im.seek(0)
+        im.load()
+        out = ImageOps.exif_transpose(im)  # a copy: the source (an animated one keeps its file open) can go
+    except BaseException:
+        im.close()
+        raise
+    if out is not im:
+        im.close()
+    return out
 
 
 def _to_rgb8(im: Image.Image, name: str, notes: list[str]) -> Image.Image:

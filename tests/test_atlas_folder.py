@@ -205,7 +205,8 @@ def test_the_folder_module_imports_neither_the_renderer_nor_an_encoder():
 
     import t2l.atlas.folder as folder
 
-    tree = ast.parse(open(folder.__file__).read())
+    with open(folder.__file__, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not imported & {"t2l.atlas.render", "t2l.atlas.previews", "t2l.video_write"}

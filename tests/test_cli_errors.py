@@ -217,6 +217,7 @@ class _StderrReader:
 
     def __init__(self, proc: subprocess.Popen):
         self.lines: list[str] = []
+        self._proc = proc
         self._thread = threading.Thread(target=lambda: self.lines.extend(iter(proc.stderr.readline, "")))
         self._thread.daemon = True
         self._thread.start()
@@ -225,8 +226,10 @@ class _StderrReader:
         return "".join(self.lines)
 
     def rest(self, timeout: float = 60.0) -> str:
-        """Everything the child wrote, once it has closed stderr (exited)."""
+        """Everything the child wrote, once it has closed stderr (exited); closes our end of the pipe."""
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._proc.stderr.close()
         return self.text()
 
 
@@ -252,6 +255,7 @@ def test_waiting_on_a_stalled_child_times_out_instead_of_hanging():
     finally:
         p.kill()
         p.wait()
+        reader.rest(timeout=10)
 
 
 def test_image_ctrl_c_checkpoints_and_resumes(files, tmp_path, tiny_clip_args):

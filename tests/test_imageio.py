@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,41 @@ def test_save_png_modes_and_resize_short(tmp_path):
     assert Image.open(save_png(np.zeros((4, 6, 4), np.uint8), tmp_path / "a.png")).mode == "RGBA"
     assert Image.open(save_png(np.zeros((4, 6), np.uint8), tmp_path / "b.png")).mode == "L"
     assert resize_short(Image.new("RGB", (300, 200)), 100).size == (150, 100)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
+def test_files_are_closed_after_a_failed_load_and_an_animated_read(tmp_path):
+    """`t2l image shots/*` over many broken or animated files closes each file itself, not through the
+    garbage collector (Pillow keeps the file of a failed load and of a multi-frame image open: a
+    ResourceWarning when collected, and open until then while a traceback holds it)."""
+
+    def open_files() -> set[str]:
+        out = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                out.add(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass
+        return out
+
+    good = tmp_path / "ok.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(good)
+    broken = tmp_path / "trunc.png"
+    broken.write_bytes(good.read_bytes()[:60])
+    frames = [Image.new("RGB", (20, 20), c) for c in ("red", "blue")]
+    gif = tmp_path / "a.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    import gc
+    import warnings
+
+    gc.collect()  # other tests' leftovers warn now, not in the block below
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(InputError):
+            read_image(broken)
+        image, _ = read_image(gif)
+        assert not {str(broken), str(gif)} & open_files()
+        gc.collect()
+    assert image.size == (20, 20)
+    ours = [w for w in seen if issubclass(w.category, ResourceWarning) and tmp_path.name in str(w.message)]
+    assert not ours  # closed by us, not by the garbage collector
