@@ -264,8 +264,10 @@ def box_masks(
                 init[same[frame] & (init == cv2.GC_PR_FGD)] = cv2.GC_PR_BGD
                 out[frame] = _grabcut(frames[frame], init, iters=5)
     if out[frame].sum() < min_keep * (x1 - x0) * (y1 - y0):  # grabCut lost the object (e.g. dark on
-        out[frame] = False  # dark, bigbuckbunny: 0.02% of the frame kept): the user's box is the mask
+        out[frame] = False  # dark, bigbuckbunny: 0.02% of the frame kept): the user's box is the mask,
         out[frame, y0:y1, x0:x1] = True
+        if same is not None:  # or, for an object that came in late, what in it is new or moves
+            out[frame] = np.isin(init, (cv2.GC_FGD, cv2.GC_PR_FGD))
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band_px + 1,) * 2)
 
     def refine(t: int, carried: np.ndarray) -> np.ndarray:

@@ -165,7 +165,8 @@ def atlas(
     if resume:  # a resumed fit keeps its saved window, box and box frame (run.json)
         if box is not None or fg_box_frame is not None:
             info(
-                "resuming: the fit's saved --fg-box and --fg-box-frame are used (--overwrite to change them)"
+                "--fg-box and --fg-box-frame are ignored on --resume: the fit keeps the masks it started "
+                "with (--overwrite to fit again with these)"
             )
         box = fg_box_frame = None
     dev = resolve_device(device)
