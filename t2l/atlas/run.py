@@ -200,8 +200,11 @@ class WindowError(UsageError):
         self.option, self.window = option, window
 
 
+WINDOW_FIX = "fit a window that holds it: "  # + the window's fields (the CLI: its flags)
+
+
 def _window_fix(window: dict[str, int]) -> str:
-    return "fit a window that holds it: " + ", ".join(f"{k}={v}" for k, v in window.items())
+    return WINDOW_FIX + ", ".join(f"{k}={v}" for k, v in window.items())
 
 
 def _check_box_frame(frame: int, start: int, stride: int) -> None:
@@ -368,10 +371,10 @@ class AtlasRun:
                 f"{self.video} gives only {T} frame(s) from frame {cfg.start}",
                 f"an atlas needs at least {MIN_FRAMES} frames",
             )
+        indices = list(vinfo.frame_indices) or [cfg.start + i * cfg.stride for i in range(T)]  # source numbers
         # the box's frame among the fitted ones, checked before the flow (which takes a while)
-        box_at = self._box_frame(vinfo, T) if cfg.fg_box is not None and state is None else None
+        box_at = self._box_frame(indices) if cfg.fg_box is not None and state is None else None
         if box_at is not None:  # run.json / atlas.json record the source frame the box was drawn on
-            indices = list(vinfo.frame_indices) or [cfg.start + i * cfg.stride for i in range(T)]
             cfg = self.cfg = dataclasses.replace(cfg, fg_box_frame=indices[box_at])
         if state is not None:
             saved = state["model_config"]
@@ -414,7 +417,6 @@ class AtlasRun:
                     )  # fmt: skip
                 fg_masks, self.mask_source = box_masks(frames, flows, (x0, y0, x1, y1), frame=box_at), "box"
             elif cfg.masks:
-                indices = list(vinfo.frame_indices) or [cfg.start + i * cfg.stride for i in range(T)]
                 fg_masks, self.mask_source = read_masks(cfg.masks, indices, (H, W)), "given"
                 if not fg_masks.any():
                     yield Note(f"the masks in {cfg.masks} are all empty: fitting one background layer")
@@ -552,11 +554,10 @@ class AtlasRun:
             "seconds": round(time.perf_counter() - t_run, 2),
         }  # fmt: skip
 
-    def _box_frame(self, vinfo, T: int) -> int:
-        """The index among the fitted frames of the source frame the box is drawn on (cfg.fg_box_frame;
-        None: the first). A frame outside the window, or between two strided ones, is a usage error."""
-        cfg = self.cfg
-        indices = list(vinfo.frame_indices) or [cfg.start + i * cfg.stride for i in range(T)]
+    def _box_frame(self, indices: list[int]) -> int:
+        """The index among the fitted frames (source numbers `indices`) of the source frame the box is
+        drawn on (cfg.fg_box_frame; None: the first). One the window does not hold is a usage error."""
+        cfg, T = self.cfg, len(indices)
         n = cfg.fg_box_frame
         if n is None:
             return 0

@@ -174,6 +174,11 @@ def residual_masks(
     return out
 
 
+def _possible_fg(labels: np.ndarray) -> np.ndarray:
+    """cv2.GC_* labels -> H, W bool: definite or probable foreground."""
+    return np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD))
+
+
 def _grabcut(frame: np.ndarray, init: np.ndarray, iters: int = 3) -> np.ndarray:
     """grabCut from a mask of cv2.GC_* labels; returns H, W bool (definite or probable foreground)."""
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
@@ -184,8 +189,8 @@ def _grabcut(frame: np.ndarray, init: np.ndarray, iters: int = 3) -> np.ndarray:
     try:
         cv2.grabCut(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), lab, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # one of the two classes is empty
-        return np.isin(init, (cv2.GC_FGD, cv2.GC_PR_FGD))
-    return np.isin(lab, (cv2.GC_FGD, cv2.GC_PR_FGD))
+        return _possible_fg(init)
+    return _possible_fg(lab)
 
 
 def _warp_along(mask: np.ndarray, flow_back: np.ndarray) -> np.ndarray:
@@ -194,6 +199,43 @@ def _warp_along(mask: np.ndarray, flow_back: np.ndarray) -> np.ndarray:
     ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
     return cv2.remap(mask.astype(np.uint8), xs + flow_back[..., 0], ys + flow_back[..., 1], cv2.INTER_NEAREST,
                      borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)  # fmt: skip
+
+
+def _looks_as_before(
+    frames: np.ndarray, flows: dict[str, np.ndarray], box: tuple[int, int, int, int], frame: int,
+    cut: np.ndarray, new_share: float, new_inside: float,
+) -> np.ndarray | None:  # fmt: skip
+    """For a box drawn on a later `frame` around an object that came in late: T, H, W bool, what looks
+    as the camera-aligned median of frames 0..frame does, where that median saw the scene (probable
+    background); None when the box holds nothing new.
+
+    A box also holds the background the object came in front of, and grabCut alone keeps background of
+    the object's colours (tree.avi's backlit hand and the overexposed sky around it); carried back to
+    the frames before the object came it would stay there (grabCut in its band finds nothing to cut).
+    It applies when at least `new_share` of the box differs from the median (after 5x5 speckle
+    removal) and at least `new_inside` of that lies in `cut`, the box's plain grabCut: an object that
+    stood in the box and then moved on is in the median, and what differs is mostly the background it
+    uncovered, outside the cut. The camera is fitted outside the box (not on the object).
+    """
+    from t2l.atlas.masks import camera_homography  # masks imports this module
+
+    T, H, W = frames.shape[:3]
+    x0, y0, x1, y1 = box
+    outside = np.ones((H, W), bool)
+    outside[y0:y1, x0:x1] = False
+    fwd, valid = flows["forward"], flows["forward_valid"]
+    homs = np.stack([camera_homography(fwd[t], valid[t] & outside) for t in range(T - 1)])
+    seen = np.zeros((T, H, W), bool)
+    new = residual_masks(frames, homs, upto=frame, seen=seen)
+    if new is None:
+        return None
+    k5 = np.ones((5, 5), np.uint8)
+    new = np.stack([cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, k5) > 0 for m in new])
+    in_box = np.zeros((H, W), bool)
+    in_box[y0:y1, x0:x1] = new[frame, y0:y1, x0:x1]
+    if in_box.sum() < new_share * (x1 - x0) * (y1 - y0) or (in_box & cut).sum() < new_inside * in_box.sum():
+        return None
+    return ~new & seen
 
 
 def box_masks(
@@ -212,19 +254,12 @@ def box_masks(
             grabCut (a box holds the object and whatever is behind it: a grey character before a dark
             burrow, grey rocks outside the box, and grabCut alone takes the burrow). keep_carried: a
             frame's grabCut that keeps less than this share of the mask carried from the frame before
-            (or after, carrying back from `frame`) is joined with the carried mask (a cut that keeps only the certain core shrinks the mask
-            by the band every frame, until it is gone), for at most `max_joined` frames in a row (then
-            the cut stands: an object that left or is hidden is not kept forever). before, new_share:
-            when at least `before` frames come before `frame`, at least `new_share` of the box
-            differs there from their camera-aligned median (residual_masks) and at least
-            `new_inside` of that lies in the box's plain cut (an object that came in late; not one
-            that stood there and moved on, whose median holds it and whose "new" is mostly the
-            background it uncovered), what looks as that median does is probably background, in
-            every frame's cut (where the median saw that part of the scene): a
-            box also holds the background the object came in front of, and grabCut alone keeps
-            background of the object's colours (tree.avi's backlit hand and the overexposed sky
-            around it), and a mask carried back to the frames before the object came would stay on
-            there (grabCut in its band finds nothing to cut).
+            (or after, carrying back from `frame`) is joined with the carried mask (a cut that keeps
+            only the certain core shrinks the mask by the band every frame, until it is gone), for at
+            most `max_joined` frames in a row (then the cut stands: an object that left or is hidden
+            is not kept forever). before, new_share, new_inside: when at least `before` frames come
+            before `frame`, what looks as they did is probable background in every frame's cut
+            (_looks_as_before: an object that came in late).
     Returns:
         T, H, W bool.
     """
@@ -243,31 +278,14 @@ def box_masks(
     out[frame] = _grabcut(frames[frame], init, iters=5)
     same = None  # T, H, W: what looks as the frames before `frame` did (probable background)
     if frame >= before:
-        from t2l.atlas.masks import camera_homography
-
-        fwd, outside = flows["forward"], np.ones((H, W), bool)
-        outside[y0:y1, x0:x1] = False  # the camera from what lies outside the box (not the object)
-        homs = np.stack(
-            [camera_homography(fwd[t], flows["forward_valid"][t] & outside) for t in range(T - 1)]
-        )
-        seen = np.zeros((T, H, W), bool)
-        new = residual_masks(frames, homs, upto=frame, seen=seen)
-        if new is not None:
-            k5 = np.ones((5, 5), np.uint8)
-            new = np.stack([cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, k5) > 0 for m in new])
-            in_box = np.zeros((H, W), bool)
-            in_box[y0:y1, x0:x1] = new[frame, y0:y1, x0:x1]
-            if in_box.sum() >= new_share * (x1 - x0) * (y1 - y0) and (in_box & out[frame]).sum() >= (
-                new_inside * in_box.sum()
-            ):
-                same = ~new & seen
-                init[same[frame] & (init == cv2.GC_PR_FGD)] = cv2.GC_PR_BGD
-                out[frame] = _grabcut(frames[frame], init, iters=5)
+        same = _looks_as_before(frames, flows, box, frame, out[frame], new_share, new_inside)
+    if same is not None:
+        init[same[frame] & (init == cv2.GC_PR_FGD)] = cv2.GC_PR_BGD
+        out[frame] = _grabcut(frames[frame], init, iters=5)
     if out[frame].sum() < min_keep * (x1 - x0) * (y1 - y0):  # grabCut lost the object (e.g. dark on
-        out[frame] = False  # dark, bigbuckbunny: 0.02% of the frame kept): the user's box is the mask,
-        out[frame, y0:y1, x0:x1] = True
-        if same is not None:  # or, for an object that came in late, what in it is new or moves
-            out[frame] = np.isin(init, (cv2.GC_FGD, cv2.GC_PR_FGD))
+        # dark, bigbuckbunny: 0.02% of the frame kept): the user's box is the mask, or for an object
+        # that came in late what in it is new or moves
+        out[frame] = _possible_fg(init)
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band_px + 1,) * 2)
 
     def refine(t: int, carried: np.ndarray) -> np.ndarray:

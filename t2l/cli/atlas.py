@@ -24,6 +24,7 @@ from t2l.cli.common import (
 )
 from t2l.errors import InputError, Interrupted, UsageError
 
+_MARK = "mark the object: --fg-box x0,y0,x1,y1 (on the first frame, or on --fg-box-frame N), or --masks DIR"
 # what to do about each quality-report warning (t2l/atlas/report.py), in this command's terms
 _FIXES = {
     # a ghost in a few frames is mostly an object the background layer kept (bigbuckbunny's character:
@@ -31,8 +32,8 @@ _FIXES = {
     "low_psnr": "if those frames show an object twice (a ghost), mark it: --fg-box x0,y0,x1,y1 (on the "
     "first frame, or on --fg-box-frame N), or --masks DIR; otherwise fit a shorter window (--max-frames) "
     "or give more --steps",
-    "empty_fg": "mark the object: --fg-box x0,y0,x1,y1 (on the first frame, or on --fg-box-frame N), or --masks DIR",
-    "sparse_fg": "mark the object: --fg-box x0,y0,x1,y1 (on the first frame, or on --fg-box-frame N), or --masks DIR",
+    "empty_fg": _MARK,
+    "sparse_fg": _MARK,
     "masks_disagree": "look at masks/ and alpha/ in the atlas folder; give --masks DIR if the masks are wrong",
     "truncated": "re-download or re-export the file to fit the missing frames",
 }
@@ -50,14 +51,14 @@ def _flag(field: str) -> str:
 def _flagged(e: UsageError) -> UsageError:
     """The core names config fields (`max_frames 2 is too few`); say the flag (`--max-frames 2 ...`).
     A window that misses the box's frame gets the flags of one that holds it as its fix."""
-    from t2l.atlas.run import WindowError
+    from t2l.atlas.run import WINDOW_FIX, WindowError
 
     option = getattr(e, "option", None)
     if not option or not e.problem.startswith(option):
         return e
     fix = e.fix
     if isinstance(e, WindowError) and e.window:
-        fix = "fit a window that holds it: " + " ".join(f"{_flag(k)} {v}" for k, v in e.window.items())
+        fix = WINDOW_FIX + " ".join(f"{_flag(k)} {v}" for k, v in e.window.items())
     return UsageError(_flag(option) + e.problem[len(option) :], fix)
 
 
